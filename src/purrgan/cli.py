@@ -1,0 +1,155 @@
+"""The `purrgan` command: parses options, turns them into one validated Config, and reports in plain words."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import PurrganError
+
+log = logging.getLogger("purrgan")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="purrgan", description="Train GANs that generate small images, and use them.")
+    parser.add_argument("--version", action="version", version=f"purrgan {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a GAN (default: DCGAN on the built-in digits)",
+                                description="Train a GAN. With no options: a DCGAN on the built-in 8x8 digits, on the CPU, "
+                                            "into runs/<preset>.")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--preset", help="a preset shipped with purrgan (see `purrgan presets`)")
+    source.add_argument("--config", metavar="FILE.toml", help="a TOML config file (e.g. a run's config.toml)")
+    train.add_argument("--data", metavar="PATH_OR_NAME", help="'digits' or a folder of images (sets data.source)")
+    train.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<preset>)")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="number of generator updates")
+    length.add_argument("--epochs", type=int, help="number of passes over the data (instead of --steps)")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="set any config value, e.g. --set model.g_width=32 (repeatable)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sample = commands.add_parser("sample", help="draw images from a trained run or checkpoint")
+    sample.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    sample.add_argument("--num", type=int, default=64, help="number of images (default 64)")
+    sample.add_argument("--out", default="samples.png", help="grid PNG to write (default samples.png)")
+    sample.add_argument("--seed", type=int, help="same seed, same images (default: random)")
+    sample.add_argument("--separate", metavar="DIR", help="also write one PNG per image into DIR")
+    sample.add_argument("--nrow", type=int, help="images per grid row (default: square)")
+    sample.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+
+    commands.add_parser("presets", help="list the shipped presets, one line each")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit status (0 ok, 2 a user error)."""
+    logging.basicConfig(level=logging.INFO, format="purrgan: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "sample":
+            return _sample(args)
+        if args.command == "presets":
+            return _presets()
+        _parser().print_help()
+        return 0
+    except PurrganError as error:
+        print(f"purrgan: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("purrgan: interrupted", file=sys.stderr)
+        return 130
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    overrides: dict[str, object] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PurrganError(f"--set needs SECTION.KEY=VALUE, got '{item}'")
+        overrides[key.strip()] = value.strip()
+    named = {"data.source": args.data, "train.steps": args.steps, "train.epochs": args.epochs,
+             "train.batch_size": args.batch_size, "train.seed": args.seed, "train.device": args.device}
+    overrides.update({k: v for k, v in named.items() if v is not None})
+    if args.steps is not None:
+        overrides["train.epochs"] = 0  # --steps wins over a preset's epochs
+    return overrides
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .config import DEFAULT_PRESET, load_config
+    from .train import train
+
+    overrides = _overrides(args)
+    out = Path(args.out) if args.out else Path("runs") / (args.preset or (Path(args.config).stem if args.config else DEFAULT_PRESET))
+    if args.resume and not args.preset and not args.config:
+        if not (out / "config.toml").is_file():
+            raise PurrganError(f"nothing to resume in {out}: it has no config.toml; train there first without --resume")
+        config = load_config(config_file=out / "config.toml", overrides=overrides)
+    else:
+        config = load_config(args.preset, args.config, overrides)
+
+    bar = None if args.quiet else tqdm(total=1, unit="step", dynamic_ncols=True, desc="train")
+
+    def progress(step: int, total: int, row: dict[str, float]) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = step
+            bar.set_postfix_str(f"D {row['d_loss']:.3f}  G {row['g_loss']:.3f}  D(x) {row['d_real']:.2f}  "
+                                f"D(G(z)) {row['d_fake']:.2f}  {row['images_per_s']:.0f} img/s", refresh=True)
+
+    log.info("training %s (%s, %s loss) on %s into %s", config.model.arch, config.description or "custom config",
+             config.loss.name, config.data.source, out)
+    try:
+        result = train(config, out, resume=args.resume, on_progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    log.info("done after %d steps: samples %s, checkpoint %s", result.steps, result.final_grid, result.checkpoint)
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from .generate import load_generator, to_pil
+    from .monitor import save_grid
+    from .train import resolve_device
+
+    if args.num <= 0:
+        raise PurrganError("--num must be positive")
+    generator = load_generator(args.run, device=resolve_device(args.device))
+    images = generator.sample(args.num, seed=args.seed)  # (N, C, H, W) in [-1, 1]
+    grid = save_grid(images, Path(args.out), nrow=args.nrow)
+    log.info("wrote a grid of %d images to %s", args.num, grid)
+    if args.separate:
+        folder = Path(args.separate)
+        folder.mkdir(parents=True, exist_ok=True)
+        for index, image in enumerate(to_pil(images)):
+            image.save(folder / f"{index:05d}.png")
+        log.info("wrote %d PNG files to %s", args.num, folder)
+    return 0
+
+
+def _presets() -> int:
+    from .config import preset_names, preset_summary
+
+    names = preset_names()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {preset_summary(name)}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
