@@ -101,10 +101,12 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.preset, args.config, overrides)
 
-    bar = None if args.quiet else tqdm(total=1, unit="step", dynamic_ncols=True, desc="train")
+    bar = None  # created at the first report, so that a failure before training prints only its message
 
     def progress(step: int, total: int, row: dict[str, float]) -> None:
-        if bar is not None:
+        nonlocal bar
+        if not args.quiet:
+            bar = bar or tqdm(total=total, unit="step", dynamic_ncols=True, desc="train")
             bar.total = total
             bar.n = step
             bar.set_postfix_str(f"D {row['d_loss']:.3f}  G {row['g_loss']:.3f}  D(x) {row['d_real']:.2f}  "

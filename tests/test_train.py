@@ -1,0 +1,80 @@
+import csv
+
+import numpy as np
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from purrgan import load_generator
+from purrgan.errors import PurrganError
+from purrgan.monitor import read_metrics
+from purrgan.train import train
+
+
+def test_short_training_run_learns_and_leaves_every_file(trained_run):
+    run = trained_run
+    for name in ("config.toml", "metrics.csv", "metrics.jsonl", "checkpoints/last.safetensors",
+                 "checkpoints/previous.safetensors", "samples/step-000050.png", "samples/step-000300.png",
+                 "samples/final.png"):
+        assert (run / name).is_file(), name
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == list(range(10, 301, 10))
+    with open(run / "metrics.csv") as handle:
+        header = next(csv.reader(handle))
+    assert {"step", "d_loss", "g_loss", "d_loss_real", "d_loss_fake", "d_real", "d_fake", "images_per_s"} <= set(header)
+    first, last = rows[0], rows[-1]
+    # At the start D cannot tell real from fake (loss ~ 2 log 2); training must move both losses away.
+    assert abs(first["d_loss"] - 1.386) < 0.6
+    early = sum(r["d_loss"] for r in rows[:3]) / 3
+    late = sum(r["d_loss"] for r in rows[-5:]) / 5
+    assert abs(late - early) > 0.1
+    assert abs(sum(r["g_loss"] for r in rows[-5:]) / 5 - sum(r["g_loss"] for r in rows[:3]) / 3) > 0.1
+    assert all(torch.isfinite(torch.tensor([r["d_loss"], r["g_loss"]])).all() for r in rows)
+
+
+def test_fixed_noise_samples_change_during_training(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(train__steps=1), run)
+    before = load_generator(run).sample(8, seed=0)
+    train(tiny_config(train__steps=100), run, resume=True)
+    after = load_generator(run).sample(8, seed=0)
+    assert (after - before).abs().mean() > 0.05
+    grids = [np.asarray(Image.open(run / "samples" / f"step-{s:06d}.png"), dtype=np.float32) for s in (50, 100)]
+    assert np.abs(grids[0] - grids[1]).mean() > 5  # the fixed-noise grid itself changes over training
+
+
+def test_resume_gives_the_same_weights_as_one_uninterrupted_run(tmp_path):
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    train(tiny_config(train__steps=40, data__hflip="on"), whole)
+    train(tiny_config(train__steps=20, data__hflip="on"), halves)
+    train(tiny_config(train__steps=40, data__hflip="on"), halves, resume=True)
+    a = load_file(whole / "checkpoints" / "last.safetensors")
+    b = load_file(halves / "checkpoints" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    # The metrics file of the resumed run reads as one run: same steps, same losses.
+    assert [(r["step"], r["d_loss"]) for r in read_metrics(whole)] == [(r["step"], r["d_loss"]) for r in read_metrics(halves)]
+
+
+def test_epochs_and_epoch_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    result = train(tiny_config(train__epochs=2, train__batch_size=600, train__epoch_checkpoints="true"), run)
+    assert result.steps == 2 * (1797 // 600)
+    assert (run / "checkpoints" / "epoch-0001.safetensors").is_file()
+    assert (run / "checkpoints" / "epoch-0002.safetensors").is_file()
+
+
+def test_refuses_to_overwrite_a_run_without_resume(trained_run):
+    with pytest.raises(PurrganError, match="already holds a run; add --resume"):
+        train(tiny_config(), trained_run)
+
+
+def test_resume_with_a_different_architecture_says_which_value(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(train__steps=2), run)
+    with pytest.raises(PurrganError, match="trained with model.g_width = 8, but this run asks for 16"):
+        train(tiny_config(train__steps=4, model__g_width=16), run, resume=True)
