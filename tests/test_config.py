@@ -26,7 +26,7 @@ def test_overrides_are_parsed_to_the_field_type():
 
 @pytest.mark.parametrize("key, value, message", [
     ("train.stepz", "5", "unknown key 'train.stepz'; valid keys in [train]: steps, epochs"),
-    ("trian.steps", "5", "section among: data, model, loss, optim, train"),
+    ("trian.steps", "5", "section among: data, model, loss, optim, augment, train"),
     ("train.steps", "five", "'train.steps' must be int, got 'five'"),
     ("train.batch_size", "-3", "'train.batch_size' must be positive"),
     ("data.channels", "2", "'data.channels' is 2; allowed values: 1, 3"),

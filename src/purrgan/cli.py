@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--num", type=int, default=64, help="number of images (default 64)")
     sample.add_argument("--out", default="samples.png", help="grid PNG to write (default samples.png)")
     sample.add_argument("--seed", type=int, help="same seed, same images (default: random)")
+    sample.add_argument("--class", dest="class_name", metavar="NAME",
+                        help="class to draw from a conditional or per-class model (default: all classes in turn)")
+    sample.add_argument("--truncation", type=float, metavar="T", help="truncation trick: redraw latents outside [-T, T]")
     sample.add_argument("--separate", metavar="DIR", help="also write one PNG per image into DIR")
     sample.add_argument("--nrow", type=int, help="images per grid row (default: square)")
     sample.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
@@ -131,8 +134,9 @@ def _sample(args: argparse.Namespace) -> int:
     if args.num <= 0:
         raise PurrganError("--num must be positive")
     generator = load_generator(args.run, device=resolve_device(args.device))
-    images = generator.sample(args.num, seed=args.seed)  # (N, C, H, W) in [-1, 1]
-    grid = save_grid(images, Path(args.out), nrow=args.nrow)
+    images = generator.sample(args.num, seed=args.seed, class_name=args.class_name, truncation=args.truncation)
+    nrow = args.nrow or (len(generator.classes) if generator.classes and args.class_name is None else None)
+    grid = save_grid(images, Path(args.out), nrow=nrow)  # a conditional grid shows one class per column
     log.info("wrote a grid of %d images to %s", args.num, grid)
     if args.separate:
         folder = Path(args.separate)

@@ -26,6 +26,7 @@ class DataConfig:
     resolution: int = 32  # images are resized and centre-cropped to resolution x resolution
     channels: int = 1  # 1 (grayscale) or 3 (RGB)
     hflip: str = "auto"  # random horizontal flip: "auto" (on for folders, off for digits), "on", "off"
+    classes: str = ""  # keep only these classes of a labelled source, comma-separated names ("" = all)
 
 
 @dataclass(frozen=True)
@@ -34,19 +35,36 @@ class ModelConfig:
     z_dim: int = 100
     g_width: int = 64  # ngf: channels of G's last hidden layer; earlier layers use multiples
     d_width: int = 64  # ndf: channels of D's first layer
+    conditional: str = "none"  # "none", "projection" (class-conditional G + projection D) or "per-class"
+    num_classes: int = 0  # filled in from the data set's labels when conditional
+    d_norm: str = "batch"  # dcgan's D normalisation: "batch" (the paper), "layer" or "none"
+    d_spectral_norm: bool = False  # spectral norm on every layer of dcgan's D
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    name: str = "bce"
+    name: str = "bce"  # see purrgan.losses.LOSSES
+    gp_weight: float = 10.0  # lambda of the gradient penalty (losses that use one: wgan-gp)
+    clip_value: float = 0.01  # weight clipping bound c (losses that clip: wgan)
+    r1_gamma: float = 0.0  # R1 penalty gamma/2 * |grad D(x)|^2 on real images (0 = off)
+    label_smoothing: float = 0.0  # one-sided: D's target for real images is 1 - this (bce, lsgan)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
+    name: str = "adam"  # "adam" or "rmsprop" (the WGAN paper's)
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    d_steps: int = 1  # D updates per step (n_critic)
+    g_steps: int = 1  # G updates per step
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    policy: str = ""  # DiffAugment (Zhao et al. 2020) for D's inputs, real and fake: any of color,translation,cutout
+    instance_noise: float = 0.0  # std of Gaussian noise on D's inputs, annealed linearly to 0 over the run
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,8 @@ class TrainConfig:
     epoch_checkpoints: bool = False  # also keep one checkpoint per epoch
     num_samples: int = 64  # images in each fixed-noise grid
     deterministic: bool = False  # torch.use_deterministic_algorithms, for bit-exact resume on GPU
+    ema: float = 0.0  # decay of the exponential moving average of G's weights (0 = off; 0.999 is typical)
+    ema_start: int = 0  # step from which the average starts (before it, G_ema copies G)
 
 
 @dataclass(frozen=True)
@@ -71,20 +91,28 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-_SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig, "train": TrainConfig}
+_SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig,
+                  "augment": AugmentConfig, "train": TrainConfig}
 _CHOICES = {
     ("data", "hflip"): ("auto", "on", "off"),
     ("data", "channels"): (1, 3),
+    ("model", "conditional"): ("none", "projection", "per-class"),
+    ("model", "d_norm"): ("batch", "layer", "none"),
+    ("optim", "name"): ("adam", "rmsprop"),
 }
 _POSITIVE = {
     ("data", "resolution"), ("model", "z_dim"), ("model", "g_width"), ("model", "d_width"),
     ("optim", "lr_g"), ("optim", "lr_d"), ("train", "batch_size"), ("train", "log_every"),
     ("train", "sample_every"), ("train", "checkpoint_every"), ("train", "num_samples"),
+    ("optim", "d_steps"), ("optim", "g_steps"), ("loss", "clip_value"),
 }
-_NON_NEGATIVE = {("train", "steps"), ("train", "epochs"), ("train", "seed")}
+_NON_NEGATIVE = {("train", "steps"), ("train", "epochs"), ("train", "seed"), ("model", "num_classes"),
+                 ("loss", "gp_weight"), ("loss", "r1_gamma"), ("augment", "instance_noise"), ("train", "ema_start")}
+_FRACTIONS = {("loss", "label_smoothing"), ("train", "ema")}  # in [0, 1)
 
 
 # ---------------------------------------------------------------- presets
@@ -226,6 +254,9 @@ def validate(config: Config) -> None:
     for section, key in _NON_NEGATIVE:
         if getattr(getattr(config, section), key) < 0:
             raise PurrganError(f"'{section}.{key}' must be zero or more")
+    for section, key in _FRACTIONS:
+        if not 0 <= getattr(getattr(config, section), key) < 1:
+            raise PurrganError(f"'{section}.{key}' must be at least 0 and below 1")
     if config.train.steps == 0 and config.train.epochs == 0:
         raise PurrganError("set train.steps or train.epochs to a positive number")
     if config.model.arch not in ARCHITECTURES:
@@ -233,9 +264,24 @@ def validate(config: Config) -> None:
     ARCHITECTURES[config.model.arch].check(config)
     if config.loss.name not in LOSSES:
         raise PurrganError(f"unknown loss.name '{config.loss.name}'; choose one of: {', '.join(LOSSES)}")
+    if LOSSES[config.loss.name].gradient_penalty and discriminator_has_batchnorm(config):
+        raise PurrganError(f"loss '{config.loss.name}' uses a gradient penalty, which BatchNorm in the critic breaks; "
+                           f"set model.d_norm = \"layer\" or \"none\" (or use an architecture without BatchNorm in D)")
+    from .augment import check_policy
+    check_policy(config.augment.policy)
     device = config.train.device
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise PurrganError(f"'train.device' is '{device}'; allowed values: auto, cpu, cuda, cuda:N")
+
+
+def discriminator_has_batchnorm(config: Config) -> bool:
+    """Return whether config's discriminator contains BatchNorm (built at a tiny width to find out)."""
+    from torch import nn
+
+    from .models import build_discriminator
+
+    probe = replace(config, model=replace(config.model, d_width=2, num_classes=max(config.model.num_classes, 2)))
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in build_discriminator(probe).modules())
 
 
 # ---------------------------------------------------------------- saving

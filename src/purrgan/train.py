@@ -1,22 +1,24 @@
-"""The training loop: one D update, then one G update, per step; everything a resume needs is checkpointed."""
+"""The training loop: d_steps D updates, then g_steps G updates, per step; a checkpoint holds all a resume needs."""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 
 from . import checkpoint
-from .augment import random_hflip
+from .augment import diff_augment, random_hflip
 from .config import Config, from_dict, to_dict, to_toml
-from .data import load_images
+from .data import ImageSet, load_images
 from .data.loader import DeviceLoader
+from .ema import make_ema, update_ema
 from .errors import PurrganError
-from .losses import LOSSES
+from .losses import LOSSES, clip_weights, discriminator_loss, generator_loss
 from .models import build_discriminator, build_generator
 from .monitor import MetricsWriter, save_grid
 
@@ -41,10 +43,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def fixed_noise(config: Config, device: torch.device) -> torch.Tensor:
-    """Return the run's fixed latent batch, the same for every grid and after every resume."""
+def fixed_noise(config: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the run's fixed latents and labels (classes in turn), the same for every grid and resume."""
     generator = torch.Generator().manual_seed(config.train.seed)
-    return torch.randn(config.train.num_samples, config.model.z_dim, generator=generator).to(device)
+    z = torch.randn(config.train.num_samples, config.model.z_dim, generator=generator)
+    labels = torch.arange(config.train.num_samples) % max(config.model.num_classes, 1)
+    return z.to(device), labels.to(device)
+
+
+def make_optimizer(config: Config, parameters, lr: float) -> torch.optim.Optimizer:
+    """Return the configured optimiser: Adam with (beta1, beta2), or RMSprop as in the WGAN paper."""
+    if config.optim.name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=lr)
+    return torch.optim.Adam(parameters, lr=lr, betas=(config.optim.beta1, config.optim.beta2))
+
+
+def with_classes(config: Config, data: ImageSet) -> Config:
+    """Return config with model.num_classes taken from the data's labels when the model is conditional."""
+    if config.model.conditional == "none":
+        return config
+    if data.labels is None or len(data.class_names) < 2:
+        raise PurrganError(f"model.conditional = \"{config.model.conditional}\" needs a data set with at least 2 classes; "
+                           f"{data.name} has none (a folder gets classes from its sub-folders)")
+    return replace(config, model=replace(config.model, num_classes=len(data.class_names)))
 
 
 def train(config: Config, run_dir: Path, resume: bool = False, on_progress: ProgressCallback | None = None) -> RunResult:
@@ -55,26 +76,23 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    data = load_images(config.data.source, config.data.resolution, config.data.channels)
+    data = load_images(config.data.source, config.data.resolution, config.data.channels, config.data.classes)
+    config = with_classes(config, data)
     loader = DeviceLoader(data, config.train.batch_size, config.train.seed, device)
     flip = config.data.hflip == "on" or (config.data.hflip == "auto" and config.data.source != "digits")
     total_steps = config.train.steps if config.train.epochs == 0 else config.train.epochs * loader.batches_per_epoch
 
     generator, discriminator = build_generator(config).to(device), build_discriminator(config).to(device)
-    betas = (config.optim.beta1, config.optim.beta2)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=config.optim.lr_g, betas=betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.optim.lr_d, betas=betas)
-    rng = torch.Generator(device=device).manual_seed(config.train.seed)  # z and augmentation draws
-    loss = LOSSES[config.loss.name]
+    generator_ema = make_ema(generator) if config.train.ema > 0 else None
+    opt_g = make_optimizer(config, generator.parameters(), config.optim.lr_g)
+    opt_d = make_optimizer(config, discriminator.parameters(), config.optim.lr_d)
+    rng = torch.Generator(device=device).manual_seed(config.train.seed)  # z, augmentation and penalty draws
     step = 0
 
     if resume:
         state, source = checkpoint.load_latest(run_dir)
         _check_compatible(state, config, source)
-        generator.load_state_dict(state["generator"])
-        discriminator.load_state_dict(state["discriminator"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
+        _load_into(state, source, generator, discriminator, generator_ema, opt_g, opt_d)
         loader.load_state(state["loader"])
         rng.set_state(state["rng"]["train"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -88,12 +106,26 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(config), encoding="utf-8")
     metrics = MetricsWriter(run_dir, resume_step=step)
-    z_fixed = fixed_noise(config, device)
+    z_fixed, labels_fixed = fixed_noise(config, device)
+    loss_spec = LOSSES[config.loss.name]
+
+    def for_d(images: torch.Tensor) -> torch.Tensor:
+        """What D sees: DiffAugment, then instance noise annealed to 0 over the run."""
+        if config.augment.policy:
+            images = diff_augment(images, config.augment.policy, rng)
+        sigma = config.augment.instance_noise * (1 - step / total_steps)
+        if sigma > 0:
+            images = images + sigma * torch.randn(images.shape, device=device, generator=rng)
+        return images
+
+    def noise(n: int) -> torch.Tensor:
+        return torch.randn(n, config.model.z_dim, device=device, generator=rng)
 
     def snapshot() -> dict:
         return {
-            "step": step, "config": to_dict(config), "loader": loader.state(),
+            "step": step, "config": to_dict(config), "class_names": data.class_names, "loader": loader.state(),
             "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
+            "generator_ema": generator_ema.state_dict() if generator_ema is not None else None,
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
             "rng": {"train": rng.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
@@ -102,24 +134,30 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     started, images_seen, last_time = time.perf_counter(), 0, time.perf_counter()
     try:
         while step < total_steps:
-            real, _ = loader.next()  # (B, C, H, W) in [-1, 1]
-            if flip:
-                real = random_hflip(real, rng)
-            z = torch.randn(real.shape[0], config.model.z_dim, device=device, generator=rng)
-            fake = generator(z)
+            for _ in range(config.optim.d_steps):
+                real, labels = loader.next()  # (B, C, H, W) in [-1, 1], (B,)
+                if flip:
+                    real = random_hflip(real, rng)
+                with torch.no_grad():
+                    fake = generator(noise(real.shape[0]), labels)
+                d_out = discriminator_loss(config.loss, discriminator, for_d(real), for_d(fake), labels, rng)
+                opt_d.zero_grad(set_to_none=True)
+                d_out["loss"].backward()
+                opt_d.step()
+                if loss_spec.clip:
+                    clip_weights(discriminator, config.loss.clip_value)
+                images_seen += real.shape[0]
 
-            d_out = loss.discriminator(discriminator, real, fake.detach())
-            opt_d.zero_grad(set_to_none=True)
-            d_out["loss"].backward()
-            opt_d.step()
-
-            g_out = loss.generator(discriminator, fake)
-            opt_g.zero_grad(set_to_none=True)
-            g_out["loss"].backward()
-            opt_g.step()
+            for _ in range(config.optim.g_steps):
+                fake = generator(noise(real.shape[0]), labels)  # G imitates the classes of the last real batch
+                g_out = generator_loss(config.loss, discriminator, for_d(fake), labels)
+                opt_g.zero_grad(set_to_none=True)
+                g_out["loss"].backward()
+                opt_g.step()
+            if generator_ema is not None:
+                update_ema(generator_ema, generator, config.train.ema if step >= config.train.ema_start else 0.0)
 
             step += 1
-            images_seen += real.shape[0]
             epoch_done = loader.index == loader.batches_per_epoch
             if step % config.train.log_every == 0 or step == total_steps:
                 now = time.perf_counter()
@@ -131,32 +169,56 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
                 if on_progress:
                     on_progress(step, total_steps, row)
             if step % config.train.sample_every == 0:
-                save_grid(sample_fixed(generator, z_fixed), run_dir / "samples" / f"step-{step:06d}.png")
+                save_grid(sample_fixed(generator_ema or generator, z_fixed, labels_fixed), run_dir / "samples" / f"step-{step:06d}.png")
             if step % config.train.checkpoint_every == 0 or step == total_steps or (epoch_done and config.train.epoch_checkpoints):
                 extra = (f"epoch-{loader.epoch + 1:04d}.safetensors",) if epoch_done and config.train.epoch_checkpoints else ()
                 checkpoint.save(run_dir / "checkpoints", snapshot(), extra)
     finally:
         metrics.close()
 
-    final = save_grid(sample_fixed(generator, z_fixed), run_dir / "samples" / "final.png")
-    last = checkpoint.find_checkpoint(run_dir)
-    return RunResult(run_dir, step, last, final)
+    final = save_grid(sample_fixed(generator_ema or generator, z_fixed, labels_fixed), run_dir / "samples" / "final.png")
+    if config.model.conditional == "per-class":
+        _export_members(generator_ema or generator, config, data.class_names, step, run_dir / "generators")
+    return RunResult(run_dir, step, checkpoint.find_checkpoint(run_dir), final)
 
 
 @torch.no_grad()
-def sample_fixed(generator: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """Return G(z) in eval mode (BatchNorm running statistics), leaving G in train mode afterwards."""
+def sample_fixed(generator: nn.Module, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Return G(z, labels) in eval mode (BatchNorm running statistics), restoring G's mode afterwards."""
+    was_training = generator.training
     generator.eval()
     try:
-        return generator(z).float().cpu()
+        return generator(z, labels).float().cpu()
     finally:
-        generator.train()
+        generator.train(was_training)
+
+
+def _export_members(generator: nn.Module, config: Config, class_names: list[str], step: int, folder: Path) -> None:
+    # One standalone, unconditional checkpoint per class, loadable by `purrgan sample` on its own.
+    member_config = replace(config, model=replace(config.model, conditional="none", num_classes=0))
+    for name, member in zip(class_names, generator.members):
+        state = {"step": step, "config": to_dict(member_config), "class_names": [], "generator": member.state_dict()}
+        checkpoint.write_atomic(folder / f"{name}.safetensors", checkpoint.encode(state))
+
+
+def _load_into(state: dict, source: Path, generator, discriminator, generator_ema, opt_g, opt_d) -> None:
+    try:
+        generator.load_state_dict(state["generator"])
+        discriminator.load_state_dict(state["discriminator"])
+        if generator_ema is not None:
+            generator_ema.load_state_dict(state.get("generator_ema") or state["generator"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise PurrganError(f"{source} does not match this run's model ({str(error).splitlines()[0]}); "
+                           f"resume with the run's own config.toml or start a new run") from None
 
 
 def _check_compatible(state: dict, config: Config, source: Path) -> None:
     saved = from_dict(state["config"])
     for section, key in (("model", "arch"), ("data", "resolution"), ("data", "channels"), ("model", "z_dim"),
-                         ("model", "g_width"), ("model", "d_width")):
+                         ("model", "g_width"), ("model", "d_width"), ("model", "conditional"), ("model", "num_classes"),
+                         ("optim", "name")):
         old, new = getattr(getattr(saved, section), key), getattr(getattr(config, section), key)
         if old != new:
             raise PurrganError(f"{source} was trained with {section}.{key} = {old}, but this run asks for {new}; "

@@ -1,6 +1,9 @@
-"""Model registry: each architecture is a pair of builders plus the resolutions it supports.
+"""Model registry: each architecture is a pair of builders plus what it supports.
 
 To add an architecture, write its module in this package and add one entry to ARCHITECTURES.
+Conditioning is chosen by model.conditional: "none", "projection" (class-conditional BatchNorm in G
+and a projection D, for architectures that support it) or "per-class" (one G/D pair per class,
+around any architecture).
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from typing import TYPE_CHECKING, Callable
 from torch import nn
 
 from ..errors import PurrganError
-from . import dcgan
+from . import dcgan, dcgan_linear, keras_cifar, sngan
+from .perclass import PerClassDiscriminator, PerClassGenerator
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -19,36 +23,82 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Architecture:
-    generator: Callable[["Config"], nn.Module]
-    discriminator: Callable[["Config"], nn.Module]
+    generator: Callable[["Config", int], nn.Module]  # (config, num_classes for projection) -> G
+    discriminator: Callable[["Config", int], nn.Module]
     resolutions: tuple[int, ...]
     summary: str
+    projection: bool = False  # supports model.conditional = "projection"
 
     def check(self, config: "Config") -> None:
         """Raise PurrganError if this architecture cannot be built for config."""
-        res = config.data.resolution
+        arch, res = config.model.arch, config.data.resolution
         if res not in self.resolutions:
-            raise PurrganError(
-                f"model '{config.model.arch}' does not support resolution {res}; "
-                f"use data.resolution = one of {', '.join(map(str, self.resolutions))}"
-            )
+            raise PurrganError(f"model '{arch}' does not support resolution {res}; "
+                               f"use data.resolution = one of {', '.join(map(str, self.resolutions))}")
+        if config.model.conditional == "projection" and not self.projection:
+            supported = ", ".join(name for name, a in ARCHITECTURES.items() if a.projection)
+            raise PurrganError(f"model '{arch}' has no class-conditional version; use one of {supported} "
+                               f"or model.conditional = \"per-class\"")
+
+
+def _num_classes(config: "Config") -> int:
+    if config.model.conditional != "none" and config.model.num_classes < 2:
+        raise PurrganError("a conditional model needs model.num_classes >= 2 (set from the data set's labels)")
+    return config.model.num_classes
 
 
 def build_generator(config: "Config") -> nn.Module:
     """Return a freshly initialised generator for config."""
-    return ARCHITECTURES[config.model.arch].generator(config)
+    arch = ARCHITECTURES[config.model.arch]
+    if config.model.conditional == "per-class":
+        return PerClassGenerator(lambda: arch.generator(config, 0), _num_classes(config))
+    return arch.generator(config, _num_classes(config) if config.model.conditional == "projection" else 0)
 
 
 def build_discriminator(config: "Config") -> nn.Module:
     """Return a freshly initialised discriminator for config."""
-    return ARCHITECTURES[config.model.arch].discriminator(config)
+    arch = ARCHITECTURES[config.model.arch]
+    if config.model.conditional == "per-class":
+        return PerClassDiscriminator(lambda: arch.discriminator(config, 0), _num_classes(config))
+    return arch.discriminator(config, _num_classes(config) if config.model.conditional == "projection" else 0)
+
+
+def _sizes(c: "Config") -> tuple[int, int]:
+    return c.data.channels, c.data.resolution
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     "dcgan": Architecture(
-        generator=lambda c: dcgan.Generator(c.model.z_dim, c.data.channels, c.data.resolution, c.model.g_width),
-        discriminator=lambda c: dcgan.Discriminator(c.data.channels, c.data.resolution, c.model.d_width),
+        generator=lambda c, k: dcgan.Generator(c.model.z_dim, *_sizes(c), c.model.g_width, k),
+        discriminator=lambda c, k: dcgan.Discriminator(*_sizes(c), c.model.d_width, k, c.model.d_norm, c.model.d_spectral_norm),
         resolutions=(16, 32, 64, 128),
         summary="DCGAN (Radford et al. 2016; pytorch/examples/dcgan): transposed convs + BatchNorm",
+        projection=True,
+    ),
+    "dcgan-linear": Architecture(
+        generator=lambda c, k: dcgan_linear.Generator(c.model.z_dim, *_sizes(c), c.model.g_width),
+        discriminator=lambda c, k: dcgan_linear.Discriminator(*_sizes(c), c.model.d_width),
+        resolutions=(32, 64),
+        summary="DCGAN with a linear projection in G and a linear head on D (LeakyReLU 0.1, BatchNorm)",
+    ),
+    "keras-cifar": Architecture(
+        generator=lambda c, k: keras_cifar.Generator(c.model.z_dim, c.data.channels, c.model.g_width),
+        discriminator=lambda c, k: keras_cifar.Discriminator(c.data.channels, c.model.d_width),
+        resolutions=(32,),
+        summary="the Keras-tutorial CIFAR-10 GAN: dense G stem, 3x3 strided D with dropout 0.4",
+    ),
+    "sngan-cnn": Architecture(
+        generator=lambda c, k: sngan.CNNGenerator(c.model.z_dim, *_sizes(c), c.model.g_width, k),
+        discriminator=lambda c, k: sngan.CNNDiscriminator(*_sizes(c), c.model.d_width, k),
+        resolutions=(32, 64),
+        summary="SNGAN standard CNN (Miyato et al. 2018, table 3): spectral norm in D",
+        projection=True,
+    ),
+    "sngan-resnet": Architecture(
+        generator=lambda c, k: sngan.ResNetGenerator(c.model.z_dim, *_sizes(c), c.model.g_width, k),
+        discriminator=lambda c, k: sngan.ResNetDiscriminator(*_sizes(c), c.model.d_width, k),
+        resolutions=(32, 64),
+        summary="SNGAN ResNet (Miyato et al. 2018, table 4): residual blocks, spectral norm in D",
+        projection=True,
     ),
 }

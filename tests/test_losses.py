@@ -1,0 +1,89 @@
+"""Each loss against hand-computed values; the regularisers against autograd references."""
+
+import math
+
+import pytest
+import torch
+
+from purrgan.config import LossConfig
+from purrgan.losses import LOSSES, clip_weights, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
+
+
+def identity(images, labels=None):  # a "discriminator" whose logit is the image's single pixel
+    return images.flatten()
+
+
+REAL = torch.tensor([2.0, -1.0]).view(2, 1, 1, 1)
+FAKE = torch.tensor([0.5, -3.0]).view(2, 1, 1, 1)
+
+
+def softplus(x):
+    return math.log1p(math.exp(x))
+
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("name, d_expected, g_expected", [
+    # -log sigmoid(r) = softplus(-r);  -log(1 - sigmoid(f)) = softplus(f)
+    ("bce", _mean([softplus(-2), softplus(1)]) + _mean([softplus(0.5), softplus(-3)]), _mean([softplus(-0.5), softplus(3)])),
+    ("bce-saturating", _mean([softplus(-2), softplus(1)]) + _mean([softplus(0.5), softplus(-3)]), -_mean([softplus(0.5), softplus(-3)])),
+    ("wgan", -_mean([2, -1]) + _mean([0.5, -3]), -_mean([0.5, -3])),
+    ("hinge", _mean([max(0, 1 - 2), max(0, 1 + 1)]) + _mean([max(0, 1 + 0.5), max(0, 1 - 3)]), -_mean([0.5, -3])),
+    ("lsgan", 0.5 * _mean([(2 - 1) ** 2, (-1 - 1) ** 2]) + 0.5 * _mean([0.25, 9]), 0.5 * _mean([(0.5 - 1) ** 2, (-3 - 1) ** 2])),
+])
+def test_losses_match_hand_computed_values(name, d_expected, g_expected):
+    options = LossConfig(name=name)
+    d_out = discriminator_loss(options, identity, REAL, FAKE)
+    torch.testing.assert_close(d_out["loss"], torch.tensor(d_expected))
+    torch.testing.assert_close(d_out["d_loss_real"] + d_out["d_loss_fake"], d_out["loss"].detach())
+    torch.testing.assert_close(generator_loss(options, identity, FAKE)["loss"], torch.tensor(g_expected))
+
+
+def test_one_sided_label_smoothing():
+    d_out = discriminator_loss(LossConfig(name="bce", label_smoothing=0.1), identity, REAL, FAKE)
+    # BCE with target 0.9: -(0.9 log s(r) + 0.1 log(1 - s(r))) = 0.9 softplus(-r) + 0.1 softplus(r)
+    expected = _mean([0.9 * softplus(-2) + 0.1 * softplus(2), 0.9 * softplus(1) + 0.1 * softplus(-1)])
+    torch.testing.assert_close(d_out["d_loss_real"], torch.tensor(expected))
+
+
+def test_gradient_penalty_matches_a_per_sample_autograd_reference():
+    torch.manual_seed(0)
+    critic = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 1))
+    real, fake = torch.randn(5, 3, 8, 8), torch.randn(5, 3, 8, 8)
+    seed = torch.Generator().manual_seed(7)
+    penalty = gradient_penalty(lambda x, labels=None: critic(x).flatten(), real, fake, None, seed)
+    alpha = torch.rand(5, 1, 1, 1, generator=torch.Generator().manual_seed(7))
+    reference = []
+    for i in range(5):
+        point = (alpha[i] * real[i] + (1 - alpha[i]) * fake[i]).unsqueeze(0)
+        grad = torch.autograd.functional.jacobian(lambda x: critic(x).sum(), point)
+        reference.append((grad.norm() - 1) ** 2)
+    torch.testing.assert_close(penalty, torch.stack(reference).mean())
+
+
+def test_gradient_penalty_of_a_linear_critic_is_exact():
+    weight = torch.tensor([3.0, 4.0])  # |grad| = 5 everywhere, so the penalty is (5 - 1)^2 = 16
+    critic = lambda x, labels=None: (x.flatten(1) * weight).sum(1)  # noqa: E731
+    penalty = gradient_penalty(critic, torch.randn(6, 2, 1, 1), torch.randn(6, 2, 1, 1), None)
+    torch.testing.assert_close(penalty, torch.tensor(16.0))
+    out = discriminator_loss(LossConfig(name="wgan-gp", gp_weight=10.0), critic, torch.randn(6, 2, 1, 1), torch.randn(6, 2, 1, 1))
+    torch.testing.assert_close(out["gradient_penalty"], torch.tensor(16.0))
+    torch.testing.assert_close(out["loss"] - out["d_loss_real"] - out["d_loss_fake"], torch.tensor(160.0))
+
+
+def test_r1_penalty_is_the_squared_gradient_norm_on_reals():
+    critic = lambda x, labels=None: (x.flatten(1) ** 2).sum(1)  # noqa: E731  grad = 2x, |grad|^2 = 4|x|^2
+    real = torch.randn(4, 1, 2, 2)
+    torch.testing.assert_close(r1_penalty(critic, real, None), (4 * real.flatten(1).pow(2).sum(1)).mean())
+    out = discriminator_loss(LossConfig(name="bce", r1_gamma=2.0), critic, real, real)
+    assert "r1_penalty" in out
+
+
+def test_weight_clipping_bounds_every_critic_weight():
+    critic = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1))
+    torch.nn.init.normal_(critic[0].weight, 0, 1)
+    clip_weights(critic, 0.01)
+    assert all(p.abs().max() <= 0.01 for p in critic.parameters())
+    assert LOSSES["wgan"].clip and not LOSSES["wgan-gp"].clip and LOSSES["wgan-gp"].gradient_penalty
