@@ -30,3 +30,11 @@ def trained_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "digits"
     train(tiny_config(train__steps=300), run)
     return run
+
+
+def pytest_configure(config):
+    # Prepared data files and downloads go to a throw-away cache, never the user's.
+    import os
+    import tempfile
+
+    os.environ["PURRGAN_DATA"] = tempfile.mkdtemp(prefix="purrgan-test-cache-")

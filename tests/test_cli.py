@@ -26,7 +26,8 @@ def test_console_script_runs():
     (["train", "--preset", "nope"], "purrgan: error: unknown preset 'nope'; choose one of:"),
     (["train", "--set", "train.stepz=3"], "purrgan: error: unknown key 'train.stepz'"),
     (["train", "--set", "nonsense"], "purrgan: error: --set needs SECTION.KEY=VALUE"),
-    (["train", "--data", "/no/such/folder"], "is neither a built-in data set"),
+    (["train", "--data", "/no/such/folder"], "purrgan: error: data path /no/such/folder does not exist"),
+    (["train", "--data", "cifar11"], "is neither a known data set (digits, cats, cifar10, mnist"),
     (["sample", "/no/such/run"], "purrgan: error: /no/such/run does not exist"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):

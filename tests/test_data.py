@@ -56,10 +56,10 @@ def test_corrupt_file_among_good_ones_is_skipped_and_counted(tmp_path, caplog):
 def test_empty_folder_missing_path_and_file_path(tmp_path):
     with pytest.raises(PurrganError, match="no images in .*png, .jpg"):
         load_images(str(tmp_path), 32, 3)
-    with pytest.raises(PurrganError, match="neither a built-in data set .* nor an existing path"):
+    with pytest.raises(PurrganError, match="data path .*nope does not exist"):
         load_images(str(tmp_path / "nope"), 32, 3)
     (tmp_path / "a.png").write_bytes(b"junk")
-    with pytest.raises(PurrganError, match="is a file; give a folder"):
+    with pytest.raises(PurrganError, match=r"is a file but not a .zip or .tar\(.gz\) archive; give a folder or an archive"):
         load_images(str(tmp_path / "a.png"), 32, 3)
     with pytest.raises(PurrganError, match="none of the 1 image files .* could be read"):
         load_images(str(tmp_path), 32, 3)

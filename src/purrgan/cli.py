@@ -50,6 +50,26 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
 
     commands.add_parser("presets", help="list the shipped presets, one line each")
+
+    data = commands.add_parser("data", help="list, download, prepare, inspect and show data sets")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    data_commands.add_parser("list", help="the named data sets with their sizes and licences")
+    download = data_commands.add_parser("download", help="download a named data set into the cache and verify it")
+    download.add_argument("name")
+    for action, text in (("prepare", "decode and resize a source once into a prepared file"),
+                         ("info", "count, size, classes and per-class counts of a source"),
+                         ("show", "write a grid of real images of a source")):
+        sub = data_commands.add_parser(action, help=text)
+        sub.add_argument("source", metavar="SOURCE", help="digits, a named set (e.g. cifar10:classes=dog) or a path")
+        sub.add_argument("--size", type=int, help="resolution (default: the set's own, 64 for paths)")
+        sub.add_argument("--channels", type=int, choices=(1, 3), help="1 or 3 (default: the set's own, 3 for paths)")
+        if action == "prepare":
+            sub.add_argument("--out", metavar="FILE", help="where to write the prepared .safetensors (default: the cache)")
+            sub.add_argument("--force", action="store_true", help="prepare again even when an up-to-date file exists")
+        if action == "show":
+            sub.add_argument("--num", type=int, default=64, help="number of images (default 64)")
+            sub.add_argument("--out", default="real.png", help="grid PNG to write (default real.png)")
+            sub.add_argument("--seed", type=int, default=0, help="which random images (default 0)")
     return parser
 
 
@@ -64,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sample(args)
         if args.command == "presets":
             return _presets()
+        if args.command == "data":
+            return _data(args)
         _parser().print_help()
         return 0
     except PurrganError as error:
@@ -154,6 +176,62 @@ def _presets() -> int:
     width = max(map(len, names))
     for name in names:
         print(f"{name:<{width}}  {preset_summary(name)}")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from .data import load_images
+    from .data.download import cache_dir
+    from .data.sources import NATIVE_SHAPE, SOURCES, parse_source, verify_download
+
+    if args.data_command == "list":
+        print(f"{'digits':<14} built in: scikit-learn's 1,797 8x8 digits upscaled to 32x32 (BSD, ships with scikit-learn)")
+        for name, source in SOURCES.items():
+            print(f"{name:<14} {source.summary}; {source.size}; licence: {source.licence}")
+        print(f"cache folder: {cache_dir()} (set PURRGAN_DATA to move it); any folder, .zip or .tar(.gz) path works too")
+        return 0
+    if args.data_command == "download":
+        for path in verify_download(args.name):
+            log.info("%s is ready (%.1f MB)", path, path.stat().st_size / 1e6)
+        return 0
+    if args.source == "digits":
+        size, channels = NATIVE_SHAPE["digits"]
+    else:
+        spec = parse_source(args.source)
+        size, channels = NATIVE_SHAPE.get(spec.name, (64, 3))
+    size, channels = args.size or size, args.channels or channels
+    if args.data_command == "prepare":
+        from .data.prepare import prepare
+
+        if args.source == "digits":
+            raise PurrganError("digits is built in and needs no preparing")
+        path = prepare(spec, size, channels, Path(args.out) if args.out else None, force=args.force)
+        log.info("prepared file: %s", path)
+        return 0
+    data = load_images(args.source, size, channels)
+    if args.data_command == "info":
+        print(f"source:   {data.name}")
+        print(f"images:   {len(data)} of {channels}x{size}x{size} ({data.images.numel() / 1e6:.1f} MB as uint8)")
+        if data.skipped:
+            print(f"skipped:  {data.skipped} unreadable files")
+        if data.labels is not None:
+            counts = data.labels.bincount(minlength=len(data.class_names)).tolist()
+            print(f"classes:  {len(data.class_names)}")
+            for name, count in zip(data.class_names, counts):
+                print(f"  {name:<16} {count}")
+        else:
+            print("classes:  none (a folder gets classes from its sub-folders)")
+        return 0
+    import torch
+
+    from .data import to_float
+    from .monitor import save_grid
+
+    if args.num <= 0:
+        raise PurrganError("--num must be positive")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:args.num]
+    save_grid(to_float(data.images[order]), Path(args.out))
+    log.info("wrote a grid of %d real images of %s to %s", len(order), data.name, args.out)
     return 0
 
 

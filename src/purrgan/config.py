@@ -22,11 +22,12 @@ DEFAULT_PRESET = "dcgan-digits"
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "digits"  # "digits" (built in) or a path to a folder of images
+    source: str = "digits"  # "digits" (built in), a named set (`purrgan data list`) or a folder/archive path
     resolution: int = 32  # images are resized and centre-cropped to resolution x resolution
     channels: int = 1  # 1 (grayscale) or 3 (RGB)
     hflip: str = "auto"  # random horizontal flip: "auto" (on for folders, off for digits), "on", "off"
     classes: str = ""  # keep only these classes of a labelled source, comma-separated names ("" = all)
+    val_fraction: float = 0.0  # images held out for evaluation (a fixed random subset); 0 = train on all
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {("train", "steps"), ("train", "epochs"), ("train", "seed"), ("model", "num_classes"),
                  ("loss", "gp_weight"), ("loss", "r1_gamma"), ("augment", "instance_noise"), ("train", "ema_start")}
-_FRACTIONS = {("loss", "label_smoothing"), ("train", "ema")}  # in [0, 1)
+_FRACTIONS = {("loss", "label_smoothing"), ("train", "ema"), ("data", "val_fraction")}  # in [0, 1)
 
 
 # ---------------------------------------------------------------- presets

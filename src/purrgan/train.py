@@ -14,7 +14,7 @@ from torch import nn
 from . import checkpoint
 from .augment import diff_augment, random_hflip
 from .config import Config, from_dict, to_dict, to_toml
-from .data import ImageSet, load_images
+from .data import ImageSet, load_images, split_validation
 from .data.loader import DeviceLoader
 from .ema import make_ema, update_ema
 from .errors import PurrganError
@@ -76,7 +76,8 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    data = load_images(config.data.source, config.data.resolution, config.data.channels, config.data.classes)
+    data, _ = split_validation(load_images(config.data.source, config.data.resolution, config.data.channels,
+                                           config.data.classes), config.data.val_fraction)
     config = with_classes(config, data)
     loader = DeviceLoader(data, config.train.batch_size, config.train.seed, device)
     flip = config.data.hflip == "on" or (config.data.hflip == "auto" and config.data.source != "digits")

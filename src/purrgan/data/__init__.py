@@ -1,16 +1,13 @@
-"""Data sources: the built-in digits and folders of images, loaded into one uint8 tensor."""
+"""Data: the built-in digits, named data sets and user paths, loaded as one uint8 tensor with labels."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import PurrganError
-from .images import IMAGE_EXTENSIONS, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -26,25 +23,43 @@ class ImageSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def subset(self, index: torch.Tensor) -> "ImageSet":
+        labels = self.labels[index] if self.labels is not None else None
+        return ImageSet(self.images[index], self.name, labels, self.class_names, self.skipped)
+
 
 BUILTIN = {"digits": "the 8x8 handwritten digits shipped with scikit-learn (1,797 images), upscaled"}
 
 
 def load_images(source: str, resolution: int, channels: int, classes: str = "") -> ImageSet:
-    """Return the images of a source ("digits" or a folder path) at the given size and channel count.
+    """Return the images of a source ("digits", a named data set or a path) at the given size and channels.
 
-    classes ("cat,dog") keeps only those classes of a labelled source, relabelled 0..K-1 in that order.
+    Named sets and paths go through a prepared file in the cache, built on first use. classes ("cat,dog")
+    keeps only those classes of a labelled source, relabelled 0..K-1 in that order.
     """
+    from .prepare import is_prepared_file, prepare, read_prepared
+    from .sources import parse_source
+
     if source == "digits":
         data = load_digits(resolution, channels)
     else:
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise PurrganError(f"data source '{source}' is neither a built-in data set ({', '.join(BUILTIN)}) nor an existing path")
-        if not path.is_dir():
-            raise PurrganError(f"data path {path} is a file; give a folder of images")
-        data = load_folder(path, resolution, channels)
+        spec = parse_source(source)
+        classes = _merge_classes(classes, spec.options.get("classes", ""))
+        path = spec.path if spec.path is not None and is_prepared_file(spec.path) else prepare(spec, resolution, channels)
+        images, labels, info = read_prepared(path)
+        if images.shape[1:] != (channels, resolution, resolution):
+            raise PurrganError(f"{path} holds {tuple(images.shape[1:])} images, but the config asks for "
+                               f"{(channels, resolution, resolution)}; prepare it again with that size")
+        if info.get("skipped"):
+            log.info("%s: %d unreadable files were skipped when it was prepared", info["source"], info["skipped"])
+        data = ImageSet(images, str(info.get("source", source)), labels, info.get("class_names", []), info.get("skipped", 0))
     return select_classes(data, classes) if classes.strip() else data
+
+
+def _merge_classes(configured: str, from_source: str) -> str:
+    if configured.strip() and from_source.strip() and configured.replace(" ", "") != from_source.replace(" ", ""):
+        raise PurrganError(f"classes given twice: data.classes = '{configured}' and ':classes={from_source}'; keep one")
+    return configured or from_source
 
 
 def select_classes(data: ImageSet, classes: str) -> ImageSet:
@@ -63,6 +78,17 @@ def select_classes(data: ImageSet, classes: str) -> ImageSet:
     return ImageSet(data.images[keep], data.name, remap[data.labels[keep]], wanted, data.skipped)
 
 
+def split_validation(data: ImageSet, fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet | None]:
+    """Return (train, validation): a fixed random fraction held out, the same for every run of one data set."""
+    if fraction <= 0:
+        return data, None
+    count = round(len(data) * fraction)
+    if count < 1 or count >= len(data):
+        raise PurrganError(f"data.val_fraction = {fraction} leaves no images for training or for validation")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return data.subset(order[count:].sort().values), data.subset(order[:count].sort().values)
+
+
 def load_digits(resolution: int, channels: int) -> ImageSet:
     """Return scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels) upscaled to resolution."""
     from sklearn.datasets import load_digits as sklearn_digits
@@ -76,45 +102,6 @@ def load_digits(resolution: int, channels: int) -> ImageSet:
         images = images.expand(-1, 3, -1, -1).contiguous()
     labels = torch.from_numpy(digits.target).long()
     return ImageSet(images, "digits", labels, [str(d) for d in range(10)])
-
-
-def list_image_files(folder: Path) -> list[Path]:
-    """Return the image files under folder, recursively, in a stable order."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def load_folder(folder: Path, resolution: int, channels: int) -> ImageSet:
-    """Return every decodable image under folder; undecodable files are skipped and counted."""
-    files = list_image_files(folder)
-    if not files:
-        raise PurrganError(f"no images in {folder}; expected files ending in {', '.join(IMAGE_EXTENSIONS)} (searched recursively)")
-    arrays, skipped, decoded = [], [], []
-    for path in files:
-        try:
-            arrays.append(decode_image(path, resolution, channels))
-            decoded.append(True)
-        except PurrganError as error:
-            skipped.append(str(error))
-            decoded.append(False)
-    if not arrays:
-        raise PurrganError(f"none of the {len(files)} image files in {folder} could be read (first: {skipped[0]})")
-    if skipped:
-        log.warning("skipped %d of %d files in %s that could not be read as images (first: %s)",
-                    len(skipped), len(files), folder, skipped[0])
-    images = torch.from_numpy(np.stack(arrays))
-    labels, class_names = _folder_labels(folder, [f for f, ok in zip(files, decoded) if ok])
-    return ImageSet(images, str(folder), labels, class_names, skipped=len(skipped))
-
-
-def _folder_labels(folder: Path, files: list[Path]) -> tuple[torch.Tensor | None, list[str]]:
-    # Classes come from first-level sub-folders, but only when every image lives in one.
-    parts = [f.relative_to(folder).parts for f in files]
-    if any(len(p) < 2 for p in parts):
-        return None, []
-    class_names = sorted({p[0] for p in parts})
-    if len(class_names) < 2:
-        return None, []
-    return torch.tensor([class_names.index(p[0]) for p in parts]), class_names
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,119 @@
+"""Prepared data sets: every image decoded and resized once into one uint8 safetensors file.
+
+The file holds `images` (N, C, H, W) uint8 and `labels` (N,) int64, and in its metadata the class
+names and provenance (source, its fingerprint, size, counts). Training reuses it while the
+fingerprint of the source and the size match, and prepares it again when either changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as st_save
+
+from .. import __version__
+from ..checkpoint import write_atomic
+from ..errors import PurrganError
+from .archives import IMAGE_EXTENSIONS
+from .download import cache_dir
+from .sources import SOURCES, SourceSpec, read_source
+
+FORMAT = "purrgan-prepared-1"
+log = logging.getLogger(__name__)
+
+
+def fingerprint(spec: SourceSpec, resolution: int, channels: int) -> str:
+    """Return a hash of what the prepared file depends on: the source's files (names, sizes, times) and the size."""
+    sha = hashlib.sha256(f"{FORMAT}|{spec.name}|{sorted(spec.options.items())}|{resolution}|{channels}".encode())
+    if spec.path is not None:
+        files = [spec.path] if spec.path.is_file() else sorted(
+            p for p in spec.path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    else:
+        folder = Path(spec.options["path"]).expanduser() if "path" in spec.options else cache_dir() / spec.name
+        files = [folder] if folder.is_file() else [folder / f.filename for f in SOURCES[spec.name].files]
+    for file in files:
+        if file.exists():
+            stat = file.stat()
+            sha.update(f"{file}|{stat.st_size}|{stat.st_mtime_ns};".encode())
+    return sha.hexdigest()
+
+
+def default_path(spec: SourceSpec, resolution: int, channels: int) -> Path:
+    """Return where the prepared file of a source lives in the cache."""
+    return cache_dir() / "prepared" / f"{spec.key()}-{resolution}px-{channels}c.safetensors"
+
+
+def read_prepared(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """Return (images, labels or None, metadata) of a prepared file."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != FORMAT:
+                raise PurrganError(f"{path} is not a purrgan prepared data file")
+            images = handle.get_tensor("images")
+            labels = handle.get_tensor("labels") if "labels" in handle.keys() else None
+    except (SafetensorError, OSError) as error:
+        raise PurrganError(f"{path} is not a readable prepared data file ({error}); delete it to prepare again") from None
+    info = {k: json.loads(v) for k, v in metadata.items() if k != "format"}
+    return images, labels, info
+
+
+def prepare(spec: SourceSpec, resolution: int, channels: int, out: Path | None = None, force: bool = False) -> Path:
+    """Return a prepared file of the source at this size, building it unless an up-to-date one exists."""
+    path = out or default_path(spec, resolution, channels)
+    want = fingerprint(spec, resolution, channels)
+    if path.exists() and not force:
+        try:
+            if read_metadata(path).get("fingerprint") == want:
+                return path
+            log.info("the source of %s changed; preparing it again", path.name)
+        except PurrganError:
+            log.warning("%s is damaged; preparing it again", path)
+    started = time.perf_counter()
+    decoded = read_source(spec, resolution, channels)
+    tensors = {"images": torch.from_numpy(np.ascontiguousarray(decoded.images))}
+    if decoded.labels is not None:
+        tensors["labels"] = torch.from_numpy(decoded.labels)
+    counts = np.bincount(decoded.labels, minlength=len(decoded.class_names)).tolist() if decoded.labels is not None else []
+    info = {
+        "fingerprint": want, "source": str(spec.path) if spec.path else spec.name, "options": spec.options,
+        "resolution": resolution, "channels": channels, "count": int(decoded.images.shape[0]),
+        "class_names": decoded.class_names, "class_counts": counts, "skipped": decoded.skipped,
+        "duplicates": decoded.duplicates, "purrgan_version": __version__,
+        "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in info.items()}}
+    write_atomic(path, st_save(tensors, metadata=metadata))
+    log.info("prepared %d images of %s at %dx%d in %.1f s -> %s", info["count"], info["source"], resolution, resolution,
+             time.perf_counter() - started, path)
+    return path
+
+
+def read_metadata(path: Path) -> dict:
+    """Return the provenance metadata of a prepared file without reading its images."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise PurrganError(f"{path} is not a readable prepared data file ({error})") from None
+    if metadata.get("format") != FORMAT:
+        raise PurrganError(f"{path} is not a purrgan prepared data file")
+    return {k: json.loads(v) for k, v in metadata.items() if k != "format"}
+
+
+def is_prepared_file(path: Path) -> bool:
+    """Return whether path is a prepared data file (by name and header)."""
+    if not (path.is_file() and path.suffix == ".safetensors"):
+        return False
+    try:
+        read_metadata(path)
+        return True
+    except PurrganError:
+        return False

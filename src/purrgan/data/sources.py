@@ -1,0 +1,331 @@
+"""Named data sets (cats, CIFAR-10, MNIST, Fashion-MNIST, CelebA) and user paths, read into uint8 arrays.
+
+A source is written `NAME[:key=value[:key=value]]`, e.g. `cifar10:classes=cat,dog:split=test`, or is a
+path to a folder, .zip or .tar(.gz) of images. Named sets are downloaded into the cache folder on
+first use; a manual copy can sit there too, or be named with `path=`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import PurrganError
+from .archives import is_archive, iter_images, read_members
+from .download import cache_dir, download, verify
+from .images import decode_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    filename: str
+    url: str
+    md5: str | None  # None where upstream publishes no checksum
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A parsed `--data` value: a named set with its options, or a path."""
+    name: str  # the named set, or "path"
+    options: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    def key(self) -> str:
+        """Return a file-name-safe identifier of what is read (classes excluded: they are filtered later)."""
+        if self.path is not None:
+            digest = hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:8]
+            return f"path-{self.path.name.replace('.', '_')}-{digest}"
+        opts = "-".join(f"{k}{v}" for k, v in sorted(self.options.items()) if k not in ("classes", "path"))
+        return self.name + (f"-{opts}" if opts else "")
+
+
+@dataclass
+class Decoded:
+    images: np.ndarray  # (N, C, H, W) uint8 at the target size
+    labels: np.ndarray | None
+    class_names: list[str]
+    skipped: int = 0
+    duplicates: int = 0
+
+
+@dataclass(frozen=True)
+class NamedSource:
+    summary: str
+    files: tuple[RemoteFile, ...]
+    options: dict[str, tuple[str, ...]]  # option -> allowed values; () = any value
+    read: Callable[[list[Path], dict, int, int], Decoded]
+    licence: str
+    size: str
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def parse_source(text: str) -> SourceSpec:
+    """Return the SourceSpec of a `--data` value, failing with the valid names and options."""
+    candidate = Path(text).expanduser()
+    if candidate.exists():
+        return SourceSpec("path", {}, candidate)
+    name, *parts = text.split(":")
+    if name not in SOURCES:
+        if "/" in text or "\\" in text or "." in name:
+            raise PurrganError(f"data path {text} does not exist")
+        raise PurrganError(f"data source '{text}' is neither a known data set ({', '.join(['digits', *SOURCES])}) "
+                           f"nor an existing path; see `purrgan data list`")
+    options = {}
+    allowed = SOURCES[name].options
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or key not in allowed:
+            raise PurrganError(f"bad option '{part}' for {name}; valid options: "
+                               f"{', '.join(f'{k}=' + ('|'.join(v) if v else '...') for k, v in allowed.items())}")
+        if allowed[key] and value not in allowed[key]:
+            raise PurrganError(f"'{key}' of {name} is '{value}'; allowed values: {', '.join(allowed[key])}")
+        options[key] = value
+    return SourceSpec(name, options)
+
+
+def local_files(spec: SourceSpec, fetch: bool = True) -> list[Path]:
+    """Return the source's files on disk: the path= copy, the cached copy, or a fresh download."""
+    source = SOURCES[spec.name]
+    if "path" in spec.options:
+        given = Path(spec.options["path"]).expanduser()
+        if not given.exists():
+            raise PurrganError(f"{spec.name}: path={given} does not exist")
+        if given.is_dir():
+            paths = [given / f.filename for f in source.files]
+            missing = [p.name for p in paths if not p.exists()]
+            if missing and not any(is_archive(p) for p in given.iterdir()):
+                raise PurrganError(f"{spec.name}: {given} lacks {', '.join(missing)}")
+            return paths if not missing else [given]
+        return [given]
+    folder = cache_dir() / spec.name
+    paths = []
+    for remote in source.files:
+        dest = folder / remote.filename
+        if not dest.exists():
+            if not fetch:
+                raise PurrganError(f"{spec.name} is not downloaded; run `purrgan data download {spec.name}`")
+            log.info("downloading %s from %s", remote.filename, remote.url)
+            download(remote.url, dest, remote.md5)
+        paths.append(dest)
+    return paths
+
+
+# ---------------------------------------------------------------- turning images into arrays of one size
+
+
+def fit_array(images: np.ndarray, resolution: int, channels: int, pad_to: int | None = None) -> np.ndarray:
+    """Return (N, H, W, C') uint8 images as (N, channels, resolution, resolution): padded, resized, converted."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, C, H, W)
+    if pad_to is not None and x.shape[-1] < pad_to:
+        pad = (pad_to - x.shape[-1]) // 2
+        x = F.pad(x, (pad, pad, pad, pad))
+    if channels == 1 and x.shape[1] == 3:  # ITU-R 601 luma, as PIL's convert("L")
+        x = (x.float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).round().to(torch.uint8)
+    elif channels == 3 and x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if x.shape[-1] != resolution or x.shape[-2] != resolution:
+        chunks = [F.interpolate(c.float(), size=(resolution, resolution), mode="bicubic", antialias=True,
+                                align_corners=False).clamp(0, 255).round().to(torch.uint8) for c in x.split(4096)]
+        x = torch.cat(chunks)
+    return np.ascontiguousarray(x.numpy())
+
+
+def decode_files(pairs: Iterable[tuple[str, bytes]], resolution: int, channels: int, crop: float | None = None,
+                 origin: str = "") -> Decoded:
+    """Return every decodable image of (name, bytes) pairs, with labels from sub-folders and duplicates dropped."""
+    arrays, names, seen = [], [], set()
+    skipped, duplicates, total, first_error = 0, 0, 0, ""
+    for name, blob in pairs:
+        total += 1
+        digest = hashlib.sha1(blob).digest()
+        if digest in seen:  # byte-identical copies would be trained on twice as often
+            duplicates += 1
+            continue
+        seen.add(digest)
+        try:
+            arrays.append(decode_image(blob, resolution, channels, crop=crop))
+            names.append(name)
+        except PurrganError as error:
+            skipped += 1
+            first_error = first_error or f"{name}: {str(error).split(': ', 1)[-1]}"
+    if not arrays:
+        if total == 0:
+            raise PurrganError(f"no images in {origin}; expected files ending in .png, .jpg, .jpeg, .webp or .bmp")
+        raise PurrganError(f"none of the {total} image files in {origin} could be read (first: {first_error})")
+    if skipped:
+        log.warning("skipped %d of %d files in %s that could not be read as images (first: %s)", skipped, total, origin, first_error)
+    if duplicates:
+        log.warning("dropped %d exact duplicate files in %s (kept one copy of each)", duplicates, origin)
+    labels, class_names = labels_from_names(names)
+    return Decoded(np.stack(arrays), labels, class_names, skipped, duplicates)
+
+
+def labels_from_names(names: list[str]) -> tuple[np.ndarray | None, list[str]]:
+    """Return labels from the first sub-folder under the names' common folder, when every image has one."""
+    parts = [PurePosixPath(n).parts for n in names]
+    depth = 0  # strip folders that every file shares (e.g. an archive's single top folder)
+    while all(len(p) > depth + 1 for p in parts) and len({p[depth] for p in parts}) == 1:
+        depth += 1
+    if not all(len(p) > depth + 1 for p in parts):
+        return None, []
+    class_names = sorted({p[depth] for p in parts})
+    if len(class_names) < 2:
+        return None, []
+    return np.array([class_names.index(p[depth]) for p in parts], dtype=np.int64), class_names
+
+
+# ---------------------------------------------------------------- readers of the upstream formats
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only dicts, lists, strings, bytes and numpy arrays: CIFAR's batches need no more."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"),
+               ("_codecs", "encode")}  # how Python 3 writes bytes in protocol-2 pickles (re-saved CIFAR copies)
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        return super().find_class(module, name)
+
+
+def _unpickle(blob: bytes, origin: str) -> dict:
+    try:
+        return _ArrayUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
+        raise PurrganError(f"{origin} is not a CIFAR-10 python batch ({error})") from None
+
+
+def read_cifar10(paths: list[Path], options: dict, resolution: int, channels: int) -> Decoded:
+    archive = paths[0]
+    split = options.get("split", "train")
+    batches = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+    names = batches["train"] + batches["test"] if split == "all" else batches[split]
+    members = {PurePosixPath(k).name: v for k, v in
+               read_members(archive, lambda n: PurePosixPath(n).name in {*names, "batches.meta"}).items()}
+    missing = [n for n in (*names, "batches.meta") if n not in members]
+    if missing:
+        raise PurrganError(f"archive {archive} has no {missing[0]}; is it the CIFAR-10 python archive?")
+    meta = _unpickle(members["batches.meta"], f"{archive}:batches.meta")
+    class_names = [n.decode() if isinstance(n, bytes) else n for n in meta[b"label_names"]]
+    images, labels = [], []
+    for name in names:
+        batch = _unpickle(members[name], f"{archive}:{name}")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+    return Decoded(fit_array(np.concatenate(images), resolution, channels), np.concatenate(labels), class_names)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as handle:
+            blob = handle.read()
+    except (OSError, EOFError) as error:
+        raise PurrganError(f"{path} is truncated or not gzip ({error}); delete it and download it again") from None
+    if len(blob) < 4 or blob[0] != 0 or blob[1] != 0 or blob[2] != 8:
+        raise PurrganError(f"{path} is not an idx file of unsigned bytes")
+    dims = blob[3]
+    shape = tuple(int.from_bytes(blob[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    data = np.frombuffer(blob, dtype=np.uint8, offset=4 + 4 * dims)
+    if data.size != int(np.prod(shape)):
+        raise PurrganError(f"{path} is truncated: expected {int(np.prod(shape))} values, found {data.size}")
+    return data.reshape(shape)
+
+
+def _idx_reader(class_names: list[str]):
+    def read(paths: list[Path], options: dict, resolution: int, channels: int) -> Decoded:
+        by_name = {p.name: p for p in paths}
+        split = options.get("split", "train")
+        prefixes = {"train": ["train"], "test": ["t10k"], "all": ["train", "t10k"]}[split]
+        images = np.concatenate([_read_idx(by_name[f"{p}-images-idx3-ubyte.gz"]) for p in prefixes])[..., None]
+        labels = np.concatenate([_read_idx(by_name[f"{p}-labels-idx1-ubyte.gz"]) for p in prefixes]).astype(np.int64)
+        pad_to = 32 if options.get("fit", "pad") == "pad" else None  # 28 -> 32 by 2 black pixels a side, as LeNet
+        return Decoded(fit_array(images, resolution, channels, pad_to), labels, class_names)
+    return read
+
+
+def read_image_archives(paths: list[Path], options: dict, resolution: int, channels: int) -> Decoded:
+    crop = float(options["crop"]) / 178 if "crop" in options else None  # CelebA's box, as a fraction of its width
+    pairs = (pair for path in paths for pair in iter_images(path))
+    return decode_files(pairs, resolution, channels, crop=crop, origin=", ".join(p.name for p in paths))
+
+
+_MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+_FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_CATS_URL = "https://github.com/fferlito/Cat-faces-dataset/raw/master/"
+_SPLIT = {"split": ("train", "test", "all"), "classes": (), "path": ()}
+
+
+def _idx_files(base: str, md5s: tuple[str, str, str, str]) -> tuple[RemoteFile, ...]:
+    names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+    return tuple(RemoteFile(n, base + n, m) for n, m in zip(names, md5s))
+
+
+SOURCES: dict[str, NamedSource] = {
+    "cats": NamedSource(
+        "29,843 cat faces, 64x64 (fferlito/Cat-faces-dataset, three tarballs)",
+        tuple(RemoteFile(f"dataset-part{i}.tar.gz", f"{_CATS_URL}dataset-part{i}.tar.gz", None) for i in (1, 2, 3)),
+        {"path": ()}, read_image_archives, "no licence stated upstream; images collected from the web", "about 270 MB"),
+    "cifar10": NamedSource(
+        "CIFAR-10: 60,000 32x32 photos in 10 classes (Krizhevsky 2009), python pickle archive",
+        (RemoteFile("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                    "c58f30108f718f92721af3b95e74349a"),),
+        _SPLIT, read_cifar10, "free for research; cite Krizhevsky 2009", "163 MB"),
+    "mnist": NamedSource(
+        "MNIST: 70,000 28x28 handwritten digits (LeCun et al.), idx files; padded to 32x32",
+        _idx_files(_MNIST_URL, ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+                                "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c")),
+        {**_SPLIT, "fit": ("pad", "resize")}, _idx_reader([str(d) for d in range(10)]), "CC BY-SA 3.0", "11 MB"),
+    "fashion-mnist": NamedSource(
+        "Fashion-MNIST: 70,000 28x28 clothing images in 10 classes (Zalando), idx files; padded to 32x32",
+        _idx_files(_FASHION_URL, ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                                  "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310")),
+        {**_SPLIT, "fit": ("pad", "resize")},
+        _idx_reader(["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]),
+        "MIT", "30 MB"),
+    "celeba": NamedSource(
+        "CelebA aligned and cropped faces (202,599 JPEGs, 178x218; Liu et al. 2015): centre box cropped, resized",
+        (RemoteFile("img_align_celeba.zip", "https://drive.google.com/uc?id=0B7EVK8r0v71pZjFTYXZWM3FlRnM&export=download",
+                    "00d2c5bc6d35e252742224ab0c1e8fcb"),),
+        {"crop": ("108", "140"), "path": ()}, read_image_archives,
+        "non-commercial research only (see the CelebA agreement)", "1.4 GB"),
+}
+DEFAULT_OPTIONS = {"celeba": {"crop": "108"}}
+NATIVE_SHAPE = {"cats": (64, 3), "cifar10": (32, 3), "mnist": (32, 1), "fashion-mnist": (32, 1), "celeba": (64, 3),
+                "digits": (32, 1)}  # (resolution, channels) the data commands use when none is given
+
+
+def read_source(spec: SourceSpec, resolution: int, channels: int) -> Decoded:
+    """Return the decoded images of a source at the given size (downloading a named set if needed)."""
+    if spec.path is not None:
+        if spec.path.is_file() and not is_archive(spec.path):
+            raise PurrganError(f"data path {spec.path} is a file but not a .zip or .tar(.gz) archive; give a folder or an archive")
+        return decode_files(iter_images(spec.path), resolution, channels, origin=str(spec.path))
+    options = {**DEFAULT_OPTIONS.get(spec.name, {}), **spec.options}
+    return SOURCES[spec.name].read(local_files(spec), options, resolution, channels)
+
+
+def verify_download(name: str) -> list[Path]:
+    """Return the cached files of a named set, downloading and checking them."""
+    spec = parse_source(name)
+    paths = local_files(spec)
+    for remote, path in zip(SOURCES[spec.name].files, paths):
+        if path.parent == cache_dir() / spec.name:
+            verify(path, remote.md5)
+    return paths
