@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--logger", help="tensorboard (default), wandb, both comma-separated, or none (metrics.csv only)")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="set any config value, e.g. --set model.g_width=32 (repeatable)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -50,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
 
     commands.add_parser("presets", help="list the shipped presets, one line each")
+
+    report = commands.add_parser("report", help="write a self-contained report.html about a run")
+    report.add_argument("run", metavar="RUN_DIR")
+    report.add_argument("--out", help="where to write it (default RUN_DIR/report.html)")
 
     data = commands.add_parser("data", help="list, download, prepare, inspect and show data sets")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -86,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
             return _presets()
         if args.command == "data":
             return _data(args)
+        if args.command == "report":
+            from .report import write_report
+
+            log.info("wrote %s", write_report(args.run, args.out))
+            return 0
         _parser().print_help()
         return 0
     except PurrganError as error:
@@ -104,7 +114,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
             raise PurrganError(f"--set needs SECTION.KEY=VALUE, got '{item}'")
         overrides[key.strip()] = value.strip()
     named = {"data.source": args.data, "train.steps": args.steps, "train.epochs": args.epochs,
-             "train.batch_size": args.batch_size, "train.seed": args.seed, "train.device": args.device}
+             "train.batch_size": args.batch_size, "train.seed": args.seed, "train.device": args.device,
+             "train.logger": args.logger}
     overrides.update({k: v for k, v in named.items() if v is not None})
     if args.steps is not None:
         overrides["train.epochs"] = 0  # --steps wins over a preset's epochs

@@ -83,6 +83,8 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms, for bit-exact resume on GPU
     ema: float = 0.0  # decay of the exponential moving average of G's weights (0 = off; 0.999 is typical)
     ema_start: int = 0  # step from which the average starts (before it, G_ema copies G)
+    logger: str = "tensorboard"  # "tensorboard", "wandb", both comma-separated, or "none" (metrics.csv is always written)
+    histogram_every: int = 500  # steps between weight and gradient histograms
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ _POSITIVE = {
     ("data", "resolution"), ("model", "z_dim"), ("model", "g_width"), ("model", "d_width"),
     ("optim", "lr_g"), ("optim", "lr_d"), ("train", "batch_size"), ("train", "log_every"),
     ("train", "sample_every"), ("train", "checkpoint_every"), ("train", "num_samples"),
-    ("optim", "d_steps"), ("optim", "g_steps"), ("loss", "clip_value"),
+    ("optim", "d_steps"), ("optim", "g_steps"), ("loss", "clip_value"), ("train", "histogram_every"),
 }
 _NON_NEGATIVE = {("train", "steps"), ("train", "epochs"), ("train", "seed"), ("model", "num_classes"),
                  ("loss", "gp_weight"), ("loss", "r1_gamma"), ("augment", "instance_noise"), ("train", "ema_start")}
@@ -269,7 +271,9 @@ def validate(config: Config) -> None:
         raise PurrganError(f"loss '{config.loss.name}' uses a gradient penalty, which BatchNorm in the critic breaks; "
                            f"set model.d_norm = \"layer\" or \"none\" (or use an architecture without BatchNorm in D)")
     from .augment import check_policy
+    from .loggers import parse_loggers
     check_policy(config.augment.policy)
+    parse_loggers(config.train.logger)
     device = config.train.device
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise PurrganError(f"'train.device' is '{device}'; allowed values: auto, cpu, cuda, cuda:N")

@@ -14,13 +14,14 @@ from torch import nn
 from . import checkpoint
 from .augment import diff_augment, random_hflip
 from .config import Config, from_dict, to_dict, to_toml
-from .data import ImageSet, load_images, split_validation
+from .data import ImageSet, load_images, split_validation, to_float
 from .data.loader import DeviceLoader
 from .ema import make_ema, update_ema
 from .errors import PurrganError
 from .losses import LOSSES, clip_weights, discriminator_loss, generator_loss
 from .models import build_discriminator, build_generator
-from .monitor import MetricsWriter, save_grid
+from .health import HealthWarning, TrainingDiverged, first_non_finite
+from .monitor import RunMonitor, layer_grad_norms, save_grid, weights_and_grads
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int, dict[str, float]], None]  # (step, total_steps, latest metrics)
@@ -106,8 +107,9 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(config), encoding="utf-8")
-    metrics = MetricsWriter(run_dir, resume_step=step)
     z_fixed, labels_fixed = fixed_noise(config, device)
+    shown = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.train.seed))[:config.train.num_samples]
+    monitor = RunMonitor(run_dir, config, total_steps, step, to_float(data.images[shown]))
     loss_spec = LOSSES[config.loss.name]
 
     def for_d(images: torch.Tensor) -> torch.Tensor:
@@ -135,6 +137,8 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     started, images_seen, last_time = time.perf_counter(), 0, time.perf_counter()
     try:
         while step < total_steps:
+            log_now = (step + 1) % config.train.log_every == 0 or step + 1 == total_steps
+            histograms_now = log_now and (step + 1) % config.train.histogram_every == 0
             for _ in range(config.optim.d_steps):
                 real, labels = loader.next()  # (B, C, H, W) in [-1, 1], (B,)
                 if flip:
@@ -144,40 +148,60 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
                 d_out = discriminator_loss(config.loss, discriminator, for_d(real), for_d(fake), labels, rng)
                 opt_d.zero_grad(set_to_none=True)
                 d_out["loss"].backward()
+                if log_now:  # D's gradient flow, before G's step could touch it
+                    stats = layer_grad_norms(discriminator, "D")
+                    histograms = weights_and_grads(discriminator, "D") if histograms_now else {}
                 opt_d.step()
                 if loss_spec.clip:
                     clip_weights(discriminator, config.loss.clip_value)
                 images_seen += real.shape[0]
 
+            discriminator.requires_grad_(False)  # G's step needs no gradients for D's weights
             for _ in range(config.optim.g_steps):
                 fake = generator(noise(real.shape[0]), labels)  # G imitates the classes of the last real batch
                 g_out = generator_loss(config.loss, discriminator, for_d(fake), labels)
                 opt_g.zero_grad(set_to_none=True)
                 g_out["loss"].backward()
                 opt_g.step()
+            discriminator.requires_grad_(True)
             if generator_ema is not None:
                 update_ema(generator_ema, generator, config.train.ema if step >= config.train.ema_start else 0.0)
 
             step += 1
             epoch_done = loader.index == loader.batches_per_epoch
-            if step % config.train.log_every == 0 or step == total_steps:
+            if log_now:
                 now = time.perf_counter()
                 row = {"step": step, "epoch": loader.epoch, "d_loss": d_out["loss"].item(), "g_loss": g_out["loss"].item(),
                        **{k: v.item() for k, v in d_out.items() if k != "loss"},
                        "images_per_s": images_seen / max(now - last_time, 1e-9), "elapsed_s": now - started}
-                metrics.write(row)
+                stats.update(layer_grad_norms(generator, "G"))
+                stats.update({"lr/g": opt_g.param_groups[0]["lr"], "lr/d": opt_d.param_groups[0]["lr"]})
+                if histograms_now:
+                    histograms.update(weights_and_grads(generator, "G"))
+                monitor.log(step, row, stats, histograms)
                 images_seen, last_time = 0, now
                 if on_progress:
                     on_progress(step, total_steps, row)
             if step % config.train.sample_every == 0:
-                save_grid(sample_fixed(generator_ema or generator, z_fixed, labels_fixed), run_dir / "samples" / f"step-{step:06d}.png")
+                monitor.samples(step, sample_fixed(generator_ema or generator, z_fixed, labels_fixed))
             if step % config.train.checkpoint_every == 0 or step == total_steps or (epoch_done and config.train.epoch_checkpoints):
+                broken = first_non_finite(generator, discriminator)
+                if broken:  # never overwrite a good checkpoint with a diverged one
+                    raise TrainingDiverged(f"{broken} holds NaN/Inf at step {step}: training diverged. Lower the "
+                                           f"learning rates, or resume from the last good checkpoint with --resume")
                 extra = (f"epoch-{loader.epoch + 1:04d}.safetensors",) if epoch_done and config.train.epoch_checkpoints else ()
                 checkpoint.save(run_dir / "checkpoints", snapshot(), extra)
+                monitor.checkpointed()
+    except TrainingDiverged as error:
+        monitor.warn(HealthWarning("nan", step, str(error)))
+        raise PurrganError(f"{error} (the last good checkpoint is kept in {run_dir / 'checkpoints'})") from None
     finally:
-        metrics.close()
+        monitor.close()
 
     final = save_grid(sample_fixed(generator_ema or generator, z_fixed, labels_fixed), run_dir / "samples" / "final.png")
+    from .report import write_report
+
+    write_report(run_dir)
     if config.model.conditional == "per-class":
         _export_members(generator_ema or generator, config, data.class_names, step, run_dir / "generators")
     return RunResult(run_dir, step, checkpoint.find_checkpoint(run_dir), final)

@@ -1,0 +1,109 @@
+"""Health checks that say in plain words when training goes wrong, and what usually helps."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+PROBABILITY_LOSSES = ("bce", "bce-saturating", "lsgan")  # D's outputs read as P(real)
+
+
+@dataclass(frozen=True)
+class HealthWarning:
+    kind: str  # "d_wins", "nan", "collapse", "blank"
+    step: int
+    message: str
+
+
+class TrainingDiverged(Exception):
+    """A loss or weight became NaN/Inf; carries the plain-language message."""
+
+
+def mean_pairwise_distance(images: torch.Tensor) -> float:
+    """Return the mean L2 distance between distinct images of a batch (N, C, H, W) in [-1, 1], per pixel."""
+    flat = images.flatten(1).float()
+    distances = torch.cdist(flat, flat) / math.sqrt(flat.shape[1])
+    n = flat.shape[0]
+    return float(distances.sum() / max(n * (n - 1), 1))
+
+
+class HealthMonitor:
+    """Watches logged metrics and fixed-noise samples; each kind of warning is raised once per run."""
+
+    def __init__(self, loss_name: str, total_steps: int, real_spread: float, window: int = 8,
+                 d_wins_margin: float = 0.02, collapse_fraction: float = 0.15, blank_std: float = 0.02):
+        self.loss_name, self.real_spread = loss_name, real_spread
+        self.warmup = min(500, max(total_steps // 10, 1))
+        self.window, self.margin = window, d_wins_margin
+        self.collapse_fraction, self.blank_std = collapse_fraction, blank_std
+        self.recent: deque[dict] = deque(maxlen=window)
+        self.raised: set[str] = set()
+        self.best_spread = 0.0  # the most diverse the fixed-noise samples have been
+
+    def check_losses(self, step: int, row: dict[str, float]) -> list[HealthWarning]:
+        """Return new warnings from one metrics row; raise TrainingDiverged on NaN/Inf."""
+        bad = [k for k in ("d_loss", "g_loss") if not math.isfinite(row.get(k, 0.0))]
+        if bad:
+            raise TrainingDiverged(
+                f"{' and '.join(bad)} became {row[bad[0]]} at step {step}: training diverged. "
+                f"Lower the learning rates (e.g. --set optim.lr_d=1e-4 --set optim.lr_g=1e-4), "
+                f"or resume from the last good checkpoint with --resume")
+        self.recent.append(row)
+        if step < self.warmup or len(self.recent) < self.window or "d_wins" in self.raised:
+            return []
+        if self.loss_name in PROBABILITY_LOSSES:
+            d_real = sum(r["d_real"] for r in self.recent) / len(self.recent)
+            d_fake = sum(r["d_fake"] for r in self.recent) / len(self.recent)
+            winning = d_real > 1 - self.margin and d_fake < self.margin
+            detail = f"D(x) ~ {d_real:.2f} and D(G(z)) ~ {d_fake:.2f}"
+        elif self.loss_name == "hinge":
+            d_loss = sum(r["d_loss"] for r in self.recent) / len(self.recent)
+            winning, detail = d_loss < self.margin, f"D's hinge loss ~ {d_loss:.3f}"
+        else:
+            return []  # a Wasserstein critic has no "winning" level
+        if not winning:
+            return []
+        return [self._raise("d_wins", step,
+                            f"D is winning: over the last {len(self.recent)} logged steps {detail}, so G gets almost "
+                            f"no useful gradient. What helps: a lower D learning rate (--set optim.lr_d=1e-4), one-sided "
+                            f"label smoothing (--set loss.label_smoothing=0.1), instance noise "
+                            f"(--set augment.instance_noise=0.1), or augmentation (--set augment.policy=color,translation,cutout)")]
+
+    def check_samples(self, step: int, samples: torch.Tensor) -> list[HealthWarning]:
+        """Return new warnings from the fixed-noise samples (N, C, H, W) in [-1, 1]."""
+        if step < self.warmup:
+            return []
+        warnings = []
+        spread = float(samples.float().std())
+        if spread < self.blank_std and "blank" not in self.raised:
+            warnings.append(self._raise("blank", step,
+                                        f"the samples are all one colour (pixel std {spread:.4f}) at step {step}. This usually "
+                                        f"means G's output saturated: check that images are scaled to [-1, 1] with tanh at "
+                                        f"G's end, that BatchNorm is in G, and the N(0, 0.02) init; lower optim.lr_g"))
+        distance = mean_pairwise_distance(samples)
+        # Collapse is a loss of variety G once had: an untrained G's samples all look alike too.
+        lost = distance < 0.5 * self.best_spread
+        self.best_spread = max(self.best_spread, distance)
+        if distance < self.collapse_fraction * self.real_spread and lost and "collapse" not in self.raised and "blank" not in self.raised:
+            warnings.append(self._raise("collapse", step,
+                                        f"mode collapse: the fixed-noise samples are nearly identical (mean distance "
+                                        f"{distance:.3f}, real images {self.real_spread:.3f}) at step {step}. What helps: "
+                                        f"a lower G learning rate, more D steps (--set optim.d_steps=2), the hinge or "
+                                        f"wgan-gp loss, or augmentation; a collapsed run rarely recovers, resume from an earlier checkpoint"))
+        return warnings
+
+    def _raise(self, kind: str, step: int, message: str) -> HealthWarning:
+        self.raised.add(kind)
+        return HealthWarning(kind, step, message)
+
+
+def first_non_finite(*modules: torch.nn.Module) -> str | None:
+    """Return the name of the first parameter or buffer holding NaN/Inf, or None when all are finite."""
+    for module in modules:
+        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                return f"{type(module).__name__}.{name}"
+    return None
