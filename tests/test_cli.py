@@ -60,3 +60,16 @@ def test_python_api_sampling_is_deterministic_per_seed(trained_run):
     images = to_pil(a)
     assert len(images) == 6 and images[0].size == (32, 32) and images[0].mode == "L"
     assert load_generator(trained_run / "checkpoints" / "last.safetensors").step == 300
+
+
+def test_data_flag_on_the_default_preset_keeps_the_sources_own_size(tmp_path):
+    import numpy as np
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(folder), "--out", str(run), "--steps", "1", "--batch-size", "4", "--quiet",
+                 "--set", "model.g_width=4", "--set", "model.d_width=4", "--set", "train.num_samples=4"]) == 0
+    assert load_generator(run).sample(1, seed=0).shape == (1, 3, 64, 64)

@@ -117,6 +117,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
              "train.batch_size": args.batch_size, "train.seed": args.seed, "train.device": args.device,
              "train.logger": args.logger}
     overrides.update({k: v for k, v in named.items() if v is not None})
+    if args.data and not args.preset and not args.config and not args.resume:
+        # The default preset is 32x32 gray digits: another source keeps its own size and colour unless set.
+        from .data.sources import NATIVE_SHAPE, parse_source
+
+        name = "digits" if args.data == "digits" else parse_source(args.data).name
+        resolution, channels = NATIVE_SHAPE.get(name, (64, 3))
+        overrides.setdefault("data.resolution", str(resolution))
+        overrides.setdefault("data.channels", str(channels))
     if args.steps is not None:
         overrides["train.epochs"] = 0  # --steps wins over a preset's epochs
     return overrides
