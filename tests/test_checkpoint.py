@@ -59,10 +59,10 @@ def test_save_keeps_previous_and_falls_back_to_it(tmp_path):
     folder = tmp_path / "checkpoints"
     checkpoint.save(folder, {"step": 1, "w": torch.ones(2)})
     checkpoint.save(folder, {"step": 2, "w": torch.ones(2)})
-    assert checkpoint.load(folder / "previous.safetensors")["step"] == 1
+    assert checkpoint.load(folder / "last-1.safetensors")["step"] == 1
     (folder / "last.safetensors").write_bytes(b"\x00" * 10)  # a last file destroyed after the fact
     state, path = checkpoint.load_latest(tmp_path)
-    assert state["step"] == 1 and path.name == "previous.safetensors"
+    assert state["step"] == 1 and path.name == "last-1.safetensors"
     assert not list(folder.glob(".*tmp*"))
 
 
@@ -86,3 +86,24 @@ def test_missing_checkpoint_messages(tmp_path):
         checkpoint.find_checkpoint(tmp_path / "nope")
     with pytest.raises(PurrganError, match="no checkpoint in .*train first"):
         checkpoint.find_checkpoint(tmp_path)
+
+
+def test_keep_k_rotates_and_falls_back_through_every_older_file(tmp_path):
+    folder = tmp_path / "checkpoints"
+    for step in range(1, 6):
+        checkpoint.save(folder, {"step": step, "w": torch.ones(2)}, keep=3)
+    assert sorted(p.name for p in folder.iterdir()) == ["last-1.safetensors", "last-2.safetensors", "last.safetensors"]
+    assert [checkpoint.load(p)["step"] for p in checkpoint.checkpoints_newest_first(folder)] == [5, 4, 3]
+    (folder / "last.safetensors").write_bytes(b"")
+    blob = (folder / "last-1.safetensors").read_bytes()
+    (folder / "last-1.safetensors").write_bytes(blob[: len(blob) - 5])
+    state, path = checkpoint.load_latest(tmp_path)
+    assert state["step"] == 3 and path.name == "last-2.safetensors"
+
+
+def test_a_checkpoint_from_a_newer_purrgan_is_refused(monkeypatch):
+    monkeypatch.setattr(checkpoint, "__version__", "99.0.0")
+    blob = checkpoint.encode({"step": 1})
+    monkeypatch.undo()
+    with pytest.raises(PurrganError, match="written by purrgan 99.0.0, newer than this purrgan .*; upgrade purrgan"):
+        checkpoint.decode(blob, "future.safetensors")

@@ -17,7 +17,7 @@ from purrgan.train import train
 def test_short_training_run_learns_and_leaves_every_file(trained_run):
     run = trained_run
     for name in ("config.toml", "metrics.csv", "metrics.jsonl", "checkpoints/last.safetensors",
-                 "checkpoints/previous.safetensors", "samples/step-000050.png", "samples/step-000300.png",
+                 "checkpoints/last-1.safetensors", "samples/step-000050.png", "samples/step-000300.png",
                  "samples/final.png"):
         assert (run / name).is_file(), name
     rows = read_metrics(run)

@@ -23,7 +23,7 @@ from . import __version__
 from .errors import PurrganError
 
 FORMAT = "purrgan-checkpoint-1"
-LAST, PREVIOUS = "last.safetensors", "previous.safetensors"
+LAST = "last.safetensors"
 log = logging.getLogger(__name__)
 
 
@@ -114,6 +114,13 @@ def _read_metadata(blob: bytes) -> dict[str, str]:
     return header.get("__metadata__", {}) or {}
 
 
+def describe_load_error(error: Exception) -> str:
+    """Return the informative line of a load_state_dict error (e.g. "size mismatch for main.0.weight ...")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = next((line for line in lines[1:] if line), lines[0] if lines else type(error).__name__)
+    return detail.rstrip(".")
+
+
 def _version_tuple(version: str) -> tuple[int, ...]:
     parts = []
     for piece in version.split("."):
@@ -151,22 +158,34 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save(folder: Path, state: dict[str, Any], extra_names: tuple[str, ...] = ()) -> Path:
-    """Write state as folder/last.safetensors, keeping the one before as previous.safetensors.
+def _older(index: int) -> str:
+    return LAST if index == 0 else f"last-{index}.safetensors"
 
-    extra_names are further file names in folder that get a copy (e.g. per-epoch checkpoints).
+
+def save(folder: Path, state: dict[str, Any], extra_names: tuple[str, ...] = (), keep: int = 2) -> Path:
+    """Write state as folder/last.safetensors, keeping the keep - 1 before it as last-1, last-2, ...
+
+    The new file is complete on disk before any older one moves, so a crash at any moment leaves
+    every file that exists whole. extra_names get a copy too (e.g. per-epoch checkpoints).
     """
     blob = encode(state)
-    last = folder / LAST
     tmp = folder / f".{LAST}.new"
     write_atomic(tmp, blob)
-    if last.exists():
-        os.replace(last, folder / PREVIOUS)
-    os.replace(tmp, last)
+    for index in range(keep - 2, -1, -1):  # last-1 -> last-2, last -> last-1 (each replace drops the oldest)
+        if (folder / _older(index)).exists():
+            os.replace(folder / _older(index), folder / _older(index + 1))
+    os.replace(tmp, folder / LAST)
     _fsync_dir(folder)
     for name in extra_names:
         write_atomic(folder / name, blob)
-    return last
+    return folder / LAST
+
+
+def checkpoints_newest_first(folder: Path) -> list[Path]:
+    """Return last.safetensors, last-1.safetensors, ... that exist in folder."""
+    found = [folder / LAST] if (folder / LAST).exists() else []
+    older = sorted(folder.glob("last-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]) if p.stem.split("-")[1].isdigit() else 1 << 30)
+    return found + older
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -177,28 +196,35 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """Return the checkpoint file for a run folder (its newest readable one) or a checkpoint path."""
+    """Return the checkpoint file for a run folder (its newest) or a checkpoint path."""
+    return _candidates(path)[0]
+
+
+def _candidates(path: str | Path) -> list[Path]:
     path = Path(path).expanduser()
     if path.is_file():
-        return path
+        return [path]
     if not path.exists():
         raise PurrganError(f"{path} does not exist; give a run folder or a .safetensors checkpoint")
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    candidates = [folder / LAST, folder / PREVIOUS]
-    existing = [c for c in candidates if c.is_file()]
+    existing = checkpoints_newest_first(folder)
     if not existing:
         raise PurrganError(f"no checkpoint in {folder}; train first with `purrgan train --out {path}`")
-    return existing[0]
+    return existing
 
 
 def load_latest(path: str | Path) -> tuple[dict[str, Any], Path]:
-    """Return the newest valid checkpoint of a run (falling back to the previous one) and its path."""
-    first = find_checkpoint(path)
-    try:
-        return load(first), first
-    except PurrganError as error:
-        fallback = first.with_name(PREVIOUS)
-        if first.name == LAST and fallback.is_file():
-            log.warning("%s; falling back to %s", error, fallback)
-            return load(fallback), fallback
-        raise error
+    """Return the newest valid checkpoint of a run, falling back to older ones when it is damaged, and its path."""
+    candidates = _candidates(path)
+    first_error = None
+    for candidate in candidates:
+        try:
+            state = load(candidate)
+        except PurrganError as error:
+            first_error = first_error or error
+            log.warning("%s; trying an older checkpoint", error)
+            continue
+        if candidate != candidates[0]:
+            log.warning("using %s instead", candidate)
+        return state, candidate
+    raise first_error

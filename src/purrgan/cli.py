@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -158,11 +160,28 @@ def _train(args: argparse.Namespace) -> int:
 
     log.info("training %s (%s, %s loss) on %s into %s", config.model.arch, config.description or "custom config",
              config.loss.name, config.data.source, out)
+    stop = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def request_stop(signum, frame):
+        if stop.is_set():  # a second Ctrl-C: stop now, the last checkpoint stays
+            raise KeyboardInterrupt
+        stop.set()
+        log.info("%s received: finishing this step and writing a checkpoint (press Ctrl-C again to quit at once)",
+                 signal.Signals(signum).name)
+
+    for sig in previous:
+        signal.signal(sig, request_stop)
     try:
-        result = train(config, out, resume=args.resume, on_progress=progress)
+        result = train(config, out, resume=args.resume, on_progress=progress, stop=stop)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if bar is not None:
             bar.close()
+    if result.stopped:
+        log.info("stopped at step %d with a checkpoint; continue with: purrgan train --out %s --resume", result.steps, out)
+        return 0
     log.info("done after %d steps: samples %s, checkpoint %s", result.steps, result.final_grid, result.checkpoint)
     return 0
 

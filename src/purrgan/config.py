@@ -85,6 +85,9 @@ class TrainConfig:
     ema_start: int = 0  # step from which the average starts (before it, G_ema copies G)
     logger: str = "tensorboard"  # "tensorboard", "wandb", both comma-separated, or "none" (metrics.csv is always written)
     histogram_every: int = 500  # steps between weight and gradient histograms
+    keep_checkpoints: int = 2  # last.safetensors plus this many - 1 older ones (last-1, ...), to fall back on
+    nan_retries: int = 2  # on NaN/Inf: roll back to the last good checkpoint this many times, then stop
+    nan_lr_factor: float = 0.5  # ... multiplying both learning rates by this at each roll-back (1 = unchanged)
 
 
 @dataclass(frozen=True)
@@ -112,9 +115,11 @@ _POSITIVE = {
     ("optim", "lr_g"), ("optim", "lr_d"), ("train", "batch_size"), ("train", "log_every"),
     ("train", "sample_every"), ("train", "checkpoint_every"), ("train", "num_samples"),
     ("optim", "d_steps"), ("optim", "g_steps"), ("loss", "clip_value"), ("train", "histogram_every"),
+    ("train", "keep_checkpoints"), ("train", "nan_lr_factor"),
 }
 _NON_NEGATIVE = {("train", "steps"), ("train", "epochs"), ("train", "seed"), ("model", "num_classes"),
-                 ("loss", "gp_weight"), ("loss", "r1_gamma"), ("augment", "instance_noise"), ("train", "ema_start")}
+                 ("loss", "gp_weight"), ("loss", "r1_gamma"), ("augment", "instance_noise"), ("train", "ema_start"),
+                 ("train", "nan_retries")}
 _FRACTIONS = {("loss", "label_smoothing"), ("train", "ema"), ("data", "val_fraction")}  # in [0, 1)
 
 

@@ -82,7 +82,8 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", ema: bo
         weights = state.get("generator_ema") if ema and state.get("generator_ema") is not None else state["generator"]
         network.load_state_dict(weights)
     except (KeyError, RuntimeError, PurrganError) as error:
-        raise PurrganError(f"{source} does not hold a generator this purrgan can build ({str(error).splitlines()[0]})") from None
+        raise PurrganError(f"{source} does not hold a generator this purrgan can build "
+                           f"({checkpoint.describe_load_error(error)})") from None
     network.eval()
     classes = state.get("class_names") or [] if config.model.conditional != "none" else []
     return TrainedGenerator(network, config.model.z_dim, classes, config, int(state.get("step", 0)),

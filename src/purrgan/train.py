@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +34,7 @@ class RunResult:
     steps: int
     checkpoint: Path
     final_grid: Path
+    stopped: bool = False  # ended early on request (a signal), resumable
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,8 +71,12 @@ def with_classes(config: Config, data: ImageSet) -> Config:
     return replace(config, model=replace(config.model, num_classes=len(data.class_names)))
 
 
-def train(config: Config, run_dir: Path, resume: bool = False, on_progress: ProgressCallback | None = None) -> RunResult:
-    """Train config's GAN into run_dir (continuing its last checkpoint when resume) and return where things are."""
+def train(config: Config, run_dir: Path, resume: bool = False, on_progress: ProgressCallback | None = None,
+          stop: threading.Event | None = None) -> RunResult:
+    """Train config's GAN into run_dir (continuing its last checkpoint when resume) and return where things are.
+
+    Setting stop (e.g. from a signal handler) ends the run after the current step, with a checkpoint.
+    """
     run_dir = Path(run_dir)
     device = resolve_device(config.train.device)
     torch.manual_seed(config.train.seed)
@@ -89,10 +95,20 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     opt_g = make_optimizer(config, generator.parameters(), config.optim.lr_g)
     opt_d = make_optimizer(config, discriminator.parameters(), config.optim.lr_d)
     rng = torch.Generator(device=device).manual_seed(config.train.seed)  # z, augmentation and penalty draws
+    loss_spec = LOSSES[config.loss.name]
     step = 0
 
-    if resume:
-        state, source = checkpoint.load_latest(run_dir)
+    def snapshot() -> dict:
+        return {
+            "step": step, "config": to_dict(config), "class_names": data.class_names, "loader": loader.state(),
+            "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
+            "generator_ema": generator_ema.state_dict() if generator_ema is not None else None,
+            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+            "rng": {"train": rng.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        }
+
+    def restore(state: dict, source: Path) -> int:
         _check_compatible(state, config, source)
         _load_into(state, source, generator, discriminator, generator_ema, opt_g, opt_d)
         loader.load_state(state["loader"])
@@ -100,17 +116,28 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        step = int(state["step"])
+        return int(state["step"])
+
+    def save(extra: tuple[str, ...] = ()) -> None:
+        broken = first_non_finite(generator, discriminator)
+        if broken:  # never replace a good checkpoint with a diverged one
+            raise TrainingDiverged(f"{broken} holds NaN/Inf at step {step}")
+        checkpoint.save(run_dir / "checkpoints", snapshot(), extra, keep=config.train.keep_checkpoints)
+
+    if resume:
+        state, source = checkpoint.load_latest(run_dir)
+        step = restore(state, source)
         log.info("resuming %s from step %d (%s)", run_dir, step, source)
     elif (run_dir / "checkpoints" / checkpoint.LAST).exists():
         raise PurrganError(f"{run_dir} already holds a run; add --resume to continue it or choose another --out")
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(config), encoding="utf-8")
+    if not resume:
+        save()  # step 0: a kill or a NaN before the first regular checkpoint still has a state to go back to
     z_fixed, labels_fixed = fixed_noise(config, device)
     shown = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.train.seed))[:config.train.num_samples]
     monitor = RunMonitor(run_dir, config, total_steps, step, to_float(data.images[shown]))
-    loss_spec = LOSSES[config.loss.name]
 
     def for_d(images: torch.Tensor) -> torch.Tensor:
         """What D sees: DiffAugment, then instance noise annealed to 0 over the run."""
@@ -124,77 +151,84 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     def noise(n: int) -> torch.Tensor:
         return torch.randn(n, config.model.z_dim, device=device, generator=rng)
 
-    def snapshot() -> dict:
-        return {
-            "step": step, "config": to_dict(config), "class_names": data.class_names, "loader": loader.state(),
-            "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
-            "generator_ema": generator_ema.state_dict() if generator_ema is not None else None,
-            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            "rng": {"train": rng.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-        }
+    def train_step(log_now: bool, histograms_now: bool) -> tuple[dict, dict, dict, dict, int]:
+        """One step: d_steps D updates on fresh real batches, then g_steps G updates; returns what to log."""
+        stats, histograms, seen = {}, {}, 0
+        for _ in range(config.optim.d_steps):
+            real, labels = loader.next()  # (B, C, H, W) in [-1, 1], (B,)
+            if flip:
+                real = random_hflip(real, rng)
+            with torch.no_grad():
+                fake = generator(noise(real.shape[0]), labels)
+            d_out = discriminator_loss(config.loss, discriminator, for_d(real), for_d(fake), labels, rng)
+            opt_d.zero_grad(set_to_none=True)
+            d_out["loss"].backward()
+            if log_now:  # D's gradient flow, before G's step could touch it
+                stats = layer_grad_norms(discriminator, "D")
+                histograms = weights_and_grads(discriminator, "D") if histograms_now else {}
+            opt_d.step()
+            if loss_spec.clip:
+                clip_weights(discriminator, config.loss.clip_value)
+            seen += real.shape[0]
 
-    started, images_seen, last_time = time.perf_counter(), 0, time.perf_counter()
+        discriminator.requires_grad_(False)  # G's step needs no gradients for D's weights
+        for _ in range(config.optim.g_steps):
+            fake = generator(noise(real.shape[0]), labels)  # G imitates the classes of the last real batch
+            g_out = generator_loss(config.loss, discriminator, for_d(fake), labels)
+            opt_g.zero_grad(set_to_none=True)
+            g_out["loss"].backward()
+            opt_g.step()
+        discriminator.requires_grad_(True)
+        if generator_ema is not None:
+            update_ema(generator_ema, generator, config.train.ema if step >= config.train.ema_start else 0.0)
+        if log_now:
+            stats.update(layer_grad_norms(generator, "G"))
+            if histograms_now:
+                histograms.update(weights_and_grads(generator, "G"))
+        return d_out, g_out, stats, histograms, seen
+
+    started, images_seen, last_time, rollbacks = time.perf_counter(), 0, time.perf_counter(), 0
     try:
-        while step < total_steps:
+        while step < total_steps and not (stop is not None and stop.is_set()):
             log_now = (step + 1) % config.train.log_every == 0 or step + 1 == total_steps
             histograms_now = log_now and (step + 1) % config.train.histogram_every == 0
-            for _ in range(config.optim.d_steps):
-                real, labels = loader.next()  # (B, C, H, W) in [-1, 1], (B,)
-                if flip:
-                    real = random_hflip(real, rng)
-                with torch.no_grad():
-                    fake = generator(noise(real.shape[0]), labels)
-                d_out = discriminator_loss(config.loss, discriminator, for_d(real), for_d(fake), labels, rng)
-                opt_d.zero_grad(set_to_none=True)
-                d_out["loss"].backward()
-                if log_now:  # D's gradient flow, before G's step could touch it
-                    stats = layer_grad_norms(discriminator, "D")
-                    histograms = weights_and_grads(discriminator, "D") if histograms_now else {}
-                opt_d.step()
-                if loss_spec.clip:
-                    clip_weights(discriminator, config.loss.clip_value)
-                images_seen += real.shape[0]
-
-            discriminator.requires_grad_(False)  # G's step needs no gradients for D's weights
-            for _ in range(config.optim.g_steps):
-                fake = generator(noise(real.shape[0]), labels)  # G imitates the classes of the last real batch
-                g_out = generator_loss(config.loss, discriminator, for_d(fake), labels)
-                opt_g.zero_grad(set_to_none=True)
-                g_out["loss"].backward()
-                opt_g.step()
-            discriminator.requires_grad_(True)
-            if generator_ema is not None:
-                update_ema(generator_ema, generator, config.train.ema if step >= config.train.ema_start else 0.0)
-
-            step += 1
-            epoch_done = loader.index == loader.batches_per_epoch
-            if log_now:
-                now = time.perf_counter()
-                row = {"step": step, "epoch": loader.epoch, "d_loss": d_out["loss"].item(), "g_loss": g_out["loss"].item(),
-                       **{k: v.item() for k, v in d_out.items() if k != "loss"},
-                       "images_per_s": images_seen / max(now - last_time, 1e-9), "elapsed_s": now - started}
-                stats.update(layer_grad_norms(generator, "G"))
-                stats.update({"lr/g": opt_g.param_groups[0]["lr"], "lr/d": opt_d.param_groups[0]["lr"]})
-                if histograms_now:
-                    histograms.update(weights_and_grads(generator, "G"))
-                monitor.log(step, row, stats, histograms)
-                images_seen, last_time = 0, now
-                if on_progress:
-                    on_progress(step, total_steps, row)
-            if step % config.train.sample_every == 0:
-                monitor.samples(step, sample_fixed(generator_ema or generator, z_fixed, labels_fixed))
-            if step % config.train.checkpoint_every == 0 or step == total_steps or (epoch_done and config.train.epoch_checkpoints):
-                broken = first_non_finite(generator, discriminator)
-                if broken:  # never overwrite a good checkpoint with a diverged one
-                    raise TrainingDiverged(f"{broken} holds NaN/Inf at step {step}: training diverged. Lower the "
-                                           f"learning rates, or resume from the last good checkpoint with --resume")
-                extra = (f"epoch-{loader.epoch + 1:04d}.safetensors",) if epoch_done and config.train.epoch_checkpoints else ()
-                checkpoint.save(run_dir / "checkpoints", snapshot(), extra)
-                monitor.checkpointed()
-    except TrainingDiverged as error:
-        monitor.warn(HealthWarning("nan", step, str(error)))
-        raise PurrganError(f"{error} (the last good checkpoint is kept in {run_dir / 'checkpoints'})") from None
+            try:
+                d_out, g_out, stats, histograms, seen = train_step(log_now, histograms_now)
+                step += 1
+                images_seen += seen
+                epoch_done = loader.index == loader.batches_per_epoch
+                if log_now:
+                    now = time.perf_counter()
+                    row = {"step": step, "epoch": loader.epoch, "d_loss": d_out["loss"].item(), "g_loss": g_out["loss"].item(),
+                           **{k: v.item() for k, v in d_out.items() if k != "loss"},
+                           "images_per_s": images_seen / max(now - last_time, 1e-9), "elapsed_s": now - started}
+                    stats.update({"lr/g": opt_g.param_groups[0]["lr"], "lr/d": opt_d.param_groups[0]["lr"]})
+                    monitor.log(step, row, stats, histograms)
+                    images_seen, last_time = 0, now
+                    if on_progress:
+                        on_progress(step, total_steps, row)
+                if step % config.train.sample_every == 0:
+                    monitor.samples(step, sample_fixed(generator_ema or generator, z_fixed, labels_fixed))
+                if step % config.train.checkpoint_every == 0 or step == total_steps or (epoch_done and config.train.epoch_checkpoints):
+                    save((f"epoch-{loader.epoch + 1:04d}.safetensors",) if epoch_done and config.train.epoch_checkpoints else ())
+                    monitor.checkpointed()
+            except TrainingDiverged as error:
+                rollbacks += 1
+                if rollbacks > config.train.nan_retries:
+                    monitor.warn(HealthWarning("nan", step, str(error)))
+                    raise PurrganError(f"{error}: training diverged {rollbacks} times; lower the learning rates "
+                                       f"(--set optim.lr_d=... --set optim.lr_g=...); the last good checkpoint is kept in "
+                                       f"{run_dir / 'checkpoints'}") from None
+                state, source = checkpoint.load_latest(run_dir)
+                step = restore(state, source)
+                for group in opt_g.param_groups + opt_d.param_groups:
+                    group["lr"] *= config.train.nan_lr_factor
+                monitor.warn(HealthWarning("nan", step, f"{error}; rolled back to step {step} and multiplied the learning "
+                                                        f"rates by {config.train.nan_lr_factor} (try {rollbacks} of "
+                                                        f"{config.train.nan_retries})"))
+        if step < total_steps:  # stopped on request: keep everything up to here
+            save()
+            monitor.checkpointed()
     finally:
         monitor.close()
 
@@ -204,7 +238,7 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     write_report(run_dir)
     if config.model.conditional == "per-class":
         _export_members(generator_ema or generator, config, data.class_names, step, run_dir / "generators")
-    return RunResult(run_dir, step, checkpoint.find_checkpoint(run_dir), final)
+    return RunResult(run_dir, step, checkpoint.find_checkpoint(run_dir), final, stopped=step < total_steps)
 
 
 @torch.no_grad()
@@ -235,7 +269,7 @@ def _load_into(state: dict, source: Path, generator, discriminator, generator_em
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
     except (KeyError, RuntimeError, ValueError) as error:
-        raise PurrganError(f"{source} does not match this run's model ({str(error).splitlines()[0]}); "
+        raise PurrganError(f"{source} does not match this run's model ({checkpoint.describe_load_error(error)}); "
                            f"resume with the run's own config.toml or start a new run") from None
 
 
