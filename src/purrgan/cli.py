@@ -54,6 +54,22 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("presets", help="list the shipped presets, one line each")
 
+    walk = commands.add_parser("interpolate", help="grids and GIFs of interpolations between random latents")
+    walk.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    walk.add_argument("--steps", type=int, default=16, help="images per interpolation (default 16)")
+    walk.add_argument("--rows", type=int, default=8, help="interpolations (grid rows, or images per GIF frame; default 8)")
+    walk.add_argument("--slerp", action="store_true", help="spherical interpolation (better for Gaussian latents)")
+    walk.add_argument("--keyframes", type=int, default=4, help="GIF: random latents the looping walk passes through")
+    walk.add_argument("--out", default="walk.png", help="walk.png for a grid, walk.gif for a looping animation")
+    walk.add_argument("--seed", type=int, default=0)
+    walk.add_argument("--class", dest="class_name", metavar="NAME", help="class of a conditional model")
+    walk.add_argument("--device", default="cpu")
+
+    exporter = commands.add_parser("export", help="write the generator alone as ONNX, TorchScript or safetensors")
+    exporter.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    exporter.add_argument("--format", required=True, choices=("onnx", "torchscript", "safetensors"))
+    exporter.add_argument("--out", required=True, metavar="FILE")
+
     report = commands.add_parser("report", help="write a self-contained report.html about a run")
     report.add_argument("run", metavar="RUN_DIR")
     report.add_argument("--out", help="where to write it (default RUN_DIR/report.html)")
@@ -93,6 +109,16 @@ def main(argv: list[str] | None = None) -> int:
             return _presets()
         if args.command == "data":
             return _data(args)
+        if args.command == "interpolate":
+            return _interpolate(args)
+        if args.command == "export":
+            from .export import export
+            from .generate import load_generator
+
+            path = export(load_generator(args.run), args.format, Path(args.out))
+            log.info("wrote %s (input z: float32 (N, z_dim); output images in [-1, 1]; see %s)", path,
+                     path.with_name(path.stem + ".MODEL.md"))
+            return 0
         if args.command == "report":
             from .report import write_report
 
@@ -204,6 +230,31 @@ def _sample(args: argparse.Namespace) -> int:
         for index, image in enumerate(to_pil(images)):
             image.save(folder / f"{index:05d}.png")
         log.info("wrote %d PNG files to %s", args.num, folder)
+    return 0
+
+
+def _interpolate(args: argparse.Namespace) -> int:
+    from .generate import interpolation_grid, latent_walk, load_generator
+    from .gif import append_frame
+    from .monitor import grid_image, save_grid
+    from .train import resolve_device
+
+    if args.steps < 2 or args.rows < 1 or args.keyframes < 2:
+        raise PurrganError("--steps must be at least 2, --rows at least 1 and --keyframes at least 2")
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".gif"):
+        raise PurrganError(f"--out {out} must end in .png (a grid) or .gif (an animation)")
+    generator = load_generator(args.run, device=resolve_device(args.device))
+    if out.suffix.lower() == ".png":
+        images = interpolation_grid(generator, args.rows, args.steps, args.seed, args.slerp, args.class_name)
+        save_grid(images, out, nrow=args.steps)
+        log.info("wrote %d interpolations of %d steps to %s", args.rows, args.steps, out)
+        return 0
+    out.unlink(missing_ok=True)
+    frames = latent_walk(generator, args.rows, args.keyframes, args.steps, args.seed, args.slerp, args.class_name)
+    for frame in frames:
+        append_frame(out, grid_image(frame), delay_ms=80)
+    log.info("wrote a looping walk of %d frames through %d latents to %s", len(frames), args.keyframes, out)
     return 0
 
 

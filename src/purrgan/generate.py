@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -74,7 +75,10 @@ class TrainedGenerator(nn.Module):
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> TrainedGenerator:
-    """Return the generator of a run folder or checkpoint file (its EMA weights when present), in eval mode."""
+    """Return the generator of a run folder, checkpoint or exported .safetensors (EMA weights when present), in eval mode."""
+    exported = _read_export(Path(path))
+    if exported is not None:
+        return exported.to(device)
     state, source = checkpoint.load_latest(path)
     try:
         config = from_dict(state["config"])
@@ -88,6 +92,75 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", ema: bo
     classes = state.get("class_names") or [] if config.model.conditional != "none" else []
     return TrainedGenerator(network, config.model.z_dim, classes, config, int(state.get("step", 0)),
                             uses_ema=weights is state.get("generator_ema")).to(device)
+
+
+def _read_export(path: Path) -> TrainedGenerator | None:
+    # `purrgan export --format safetensors` files: the generator's weights plus its config in the header.
+    if not (path.is_file() and path.suffix == ".safetensors"):
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != "purrgan-generator-1":
+                return None
+            weights = {key: handle.get_tensor(key) for key in handle.keys()}
+        config = from_dict(json.loads(metadata["config"]))
+        network = build_generator(config)
+        network.load_state_dict(weights)
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as error:
+        raise PurrganError(f"{path} is not a loadable purrgan generator ({checkpoint.describe_load_error(error)})") from None
+    return TrainedGenerator(network.eval(), config.model.z_dim, json.loads(metadata.get("classes", "[]")), config,
+                            int(metadata.get("step", 0)))
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Return spherical interpolation between latents a and b (N, D) at fractions t (N, 1) (Shoemake 1985)."""
+    cos = ((a / a.norm(dim=1, keepdim=True)) * (b / b.norm(dim=1, keepdim=True))).sum(1, keepdim=True).clamp(-1, 1)
+    omega = torch.acos(cos)
+    sin = torch.sin(omega)
+    straight = sin.abs() < 1e-6  # parallel latents: the straight line is the arc
+    safe = torch.where(straight, torch.ones_like(sin), sin)
+    arc = (torch.sin((1 - t) * omega) / safe) * a + (torch.sin(t * omega) / safe) * b
+    return torch.where(straight, (1 - t) * a + t * b, arc)
+
+
+def interpolate(a: torch.Tensor, b: torch.Tensor, steps: int, spherical: bool) -> torch.Tensor:
+    """Return (steps, D) latents from a to b (both (D,)), ends included."""
+    t = torch.linspace(0, 1, steps)[:, None]
+    a, b = a.expand(steps, -1), b.expand(steps, -1)
+    return slerp(a, b, t) if spherical else (1 - t) * a + t * b
+
+
+@torch.no_grad()
+def interpolation_grid(generator: TrainedGenerator, rows: int, steps: int, seed: int = 0, spherical: bool = False,
+                       class_name: str | None = None) -> torch.Tensor:
+    """Return rows * steps images: each row walks from one random latent to another."""
+    rng = torch.Generator().manual_seed(seed)
+    ends = torch.randn(rows, 2, generator.z_dim, generator=rng)
+    z = torch.cat([interpolate(a, b, steps, spherical) for a, b in ends])  # (rows * steps, D)
+    labels = generator.labels_for(rows, class_name)
+    labels = labels.repeat_interleave(steps) if labels is not None else None
+    return generator.network(z.to(generator.device), labels.to(generator.device) if labels is not None else None).float().cpu()
+
+
+@torch.no_grad()
+def latent_walk(generator: TrainedGenerator, count: int, keyframes: int, steps: int, seed: int = 0,
+                spherical: bool = True, class_name: str | None = None) -> list[torch.Tensor]:
+    """Return frames (each count images) of a walk through keyframes random latents that loops back to the first."""
+    rng = torch.Generator().manual_seed(seed)
+    keys = torch.randn(keyframes, count, generator.z_dim, generator=rng)
+    labels = generator.labels_for(count, class_name)
+    labels = labels.to(generator.device) if labels is not None else None
+    frames = []
+    for k in range(keyframes):
+        a, b = keys[k], keys[(k + 1) % keyframes]
+        for t in torch.linspace(0, 1, steps + 1)[:-1]:  # the end of one leg is the start of the next
+            tt = torch.full((count, 1), float(t))
+            z = slerp(a, b, tt) if spherical else (1 - tt) * a + tt * b
+            frames.append(generator.network(z.to(generator.device), labels).float().cpu())
+    return frames
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

@@ -1,0 +1,112 @@
+"""Using a trained generator: sampling, interpolation, export round trips, the model card, the Python API."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_config
+from purrgan import load_generator, to_pil
+from purrgan.cli import main
+from purrgan.export import export
+from purrgan.generate import interpolate, slerp
+from purrgan.train import train
+
+
+def test_model_card_is_written_into_the_run(trained_run):
+    card = (trained_run / "MODEL.md").read_text()
+    assert "float32 (N, 16)" in card and "(N, 1, 32, 32) in [-1, 1]" in card
+    assert "steps: 300 generator updates" in card and "data: `digits`" in card and "Intended use" in card
+
+
+def test_sample_truncation_and_determinism(trained_run, tmp_path):
+    generator = load_generator(trained_run)
+    full, truncated = generator.sample(64, seed=3), generator.sample(64, seed=3, truncation=0.5)
+    assert full.shape == truncated.shape
+    assert truncated.std(0).mean() < full.std(0).mean()  # less variety, as the trick promises
+    assert main(["sample", str(trained_run), "--num", "8", "--seed", "3", "--truncation", "0.7", "--out", str(tmp_path / "a.png")]) == 0
+    assert main(["sample", str(trained_run), "--num", "8", "--seed", "3", "--truncation", "0.7", "--out", str(tmp_path / "b.png")]) == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_slerp_keeps_the_norm_and_hits_the_ends():
+    a, b = torch.randn(1, 100), torch.randn(1, 100)
+    path = interpolate(a[0], b[0], 9, spherical=True)
+    torch.testing.assert_close(path[0], a[0])
+    torch.testing.assert_close(path[-1], b[0], rtol=1e-4, atol=1e-4)
+    norms = path.norm(dim=1)
+    assert norms.min() > 0.8 * min(a.norm(), b.norm())  # no dip through the low-density centre
+    linear = interpolate(a[0], b[0], 9, spherical=False)
+    assert linear.norm(dim=1)[4] < norms[4]
+    torch.testing.assert_close(slerp(a, a, torch.tensor([[0.3]])), a)  # parallel latents
+
+
+def test_interpolate_grid_and_looping_gif(trained_run, tmp_path):
+    grid = tmp_path / "walk.png"
+    assert main(["interpolate", str(trained_run), "--steps", "6", "--rows", "3", "--slerp", "--out", str(grid)]) == 0
+    assert Image.open(grid).size == (6 * 34 + 2, 3 * 34 + 2)
+    gif = tmp_path / "walk.gif"
+    assert main(["interpolate", str(trained_run), "--steps", "5", "--rows", "4", "--keyframes", "3", "--out", str(gif)]) == 0
+    frames = Image.open(gif)
+    assert frames.n_frames == 15 and frames.info["loop"] == 0
+    first = np.asarray(frames.convert("RGB"), dtype=float)
+    frames.seek(1)
+    second = np.asarray(frames.convert("RGB"), dtype=float)
+    assert np.abs(first - second).mean() > 0  # it moves
+    assert main(["interpolate", str(trained_run), "--out", str(tmp_path / "walk.mp4")]) == 2
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cond") / "run"
+    train(tiny_config(model__conditional="projection", train__steps=20, data__classes="1,7"), run)
+    return run
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_onnx_and_torchscript_round_trips_match_pytorch(conditional, trained_run, conditional_run, tmp_path):
+    import onnxruntime
+
+    generator = load_generator(conditional_run if conditional else trained_run)
+    z = torch.randn(5, generator.z_dim)
+    labels = torch.tensor([0, 1, 1, 0, 1]) if conditional else None
+    with torch.no_grad():
+        expected = generator(z, labels)
+
+    onnx_file = export(generator, "onnx", tmp_path / "g.onnx")
+    session = onnxruntime.InferenceSession(str(onnx_file))
+    assert [i.name for i in session.get_inputs()] == (["z", "labels"] if conditional else ["z"])
+    assert [o.name for o in session.get_outputs()] == ["images"]
+    feeds = {"z": z.numpy(), **({"labels": labels.numpy()} if conditional else {})}
+    torch.testing.assert_close(torch.from_numpy(session.run(None, feeds)[0]), expected, rtol=1e-4, atol=1e-5)
+
+    scripted = torch.jit.load(str(export(generator, "torchscript", tmp_path / "g.pt")))  # plain torch, no purrgan code
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(z, labels) if conditional else scripted(z), expected)
+
+    weights = export(generator, "safetensors", tmp_path / "g.safetensors")
+    again = load_generator(weights)
+    assert again.classes == generator.classes
+    with torch.no_grad():
+        torch.testing.assert_close(again(z, labels), expected)
+    assert "input `z`: float32" in (tmp_path / "g.MODEL.md").read_text()
+
+
+def test_export_from_the_cli_and_a_per_class_run_is_refused_whole(trained_run, tmp_path, capsys):
+    assert main(["export", str(trained_run), "--format", "onnx", "--out", str(tmp_path / "digits.onnx")]) == 0
+    assert (tmp_path / "digits.onnx").stat().st_size > 1000 and (tmp_path / "digits.MODEL.md").is_file()
+    run = tmp_path / "per"
+    train(tiny_config(model__conditional="per-class", data__classes="0,1", train__steps=2), run)
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "exported one class at a time: purrgan export RUN/generators/<class>.safetensors" in capsys.readouterr().err
+    assert main(["export", str(run / "generators" / "0.safetensors"), "--format", "torchscript", "--out", str(tmp_path / "zero.pt")]) == 0
+
+
+def test_python_api_in_three_lines(trained_run, conditional_run):
+    generator = load_generator(trained_run)
+    images = generator.sample(16, seed=0)
+    assert images.shape == (16, 1, 32, 32) and images.min() >= -1 and images.max() <= 1
+    assert to_pil(images)[0].size == (32, 32)
+    assert generator.classes == [] and load_generator(conditional_run).classes == ["1", "7"]
+    sevens = load_generator(conditional_run).sample(4, seed=0, class_name="7")
+    assert sevens.shape == (4, 1, 32, 32)
