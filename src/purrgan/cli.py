@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--logger", help="tensorboard (default), wandb, both comma-separated, or none (metrics.csv only)")
+    train.add_argument("--eval-every", type=int, metavar="N", help="compute metrics every N steps and keep checkpoints/best")
+    train.add_argument("--eval-num", type=int, metavar="N", help="generated images per evaluation (default 10000)")
+    train.add_argument("--inception-weights", metavar="PATH", help="local FID Inception weights (or $PURRGAN_INCEPTION)")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="set any config value, e.g. --set model.g_width=32 (repeatable)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -53,6 +56,19 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
 
     commands.add_parser("presets", help="list the shipped presets, one line each")
+
+    evaluate = commands.add_parser("evaluate", help="FID, KID, Inception Score and precision/recall of a run or two image sets")
+    evaluate.add_argument("run", nargs="?", metavar="RUN_DIR_OR_CHECKPOINT")
+    evaluate.add_argument("--metrics", default="fid,kid,is,pr", help="any of fid,kid,is,pr (default all)")
+    evaluate.add_argument("--num", type=int, default=50000, help="generated images (default 50000, as in papers)")
+    evaluate.add_argument("--split", default="train", choices=("train", "val", "all"), help="real images to compare with")
+    evaluate.add_argument("--real", metavar="PATH", help="with --fake: compare two folders/archives/prepared files")
+    evaluate.add_argument("--fake", metavar="PATH")
+    evaluate.add_argument("--size", type=int, help="with --real/--fake: resolution to load folders at (default 64)")
+    evaluate.add_argument("--inception-weights", metavar="PATH", help="local FID Inception weights (or $PURRGAN_INCEPTION)")
+    evaluate.add_argument("--feature-extractor", default="inception", metavar="SPEC",
+                          help="inception (default) or package.module:factory returning any images-to-vectors module")
+    evaluate.add_argument("--device", default="auto")
 
     walk = commands.add_parser("interpolate", help="grids and GIFs of interpolations between random latents")
     walk.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
@@ -109,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             return _presets()
         if args.command == "data":
             return _data(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
         if args.command == "interpolate":
             return _interpolate(args)
         if args.command == "export":
@@ -143,7 +161,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         overrides[key.strip()] = value.strip()
     named = {"data.source": args.data, "train.steps": args.steps, "train.epochs": args.epochs,
              "train.batch_size": args.batch_size, "train.seed": args.seed, "train.device": args.device,
-             "train.logger": args.logger}
+             "train.logger": args.logger, "train.eval_every": args.eval_every, "train.eval_num": args.eval_num,
+             "train.inception_weights": args.inception_weights}
     overrides.update({k: v for k, v in named.items() if v is not None})
     if args.data and not args.preset and not args.config and not args.resume:
         # The default preset is 32x32 gray digits: another source keeps its own size and colour unless set.
@@ -230,6 +249,32 @@ def _sample(args: argparse.Namespace) -> int:
         for index, image in enumerate(to_pil(images)):
             image.save(folder / f"{index:05d}.png")
         log.info("wrote %d PNG files to %s", args.num, folder)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .metrics import parse_metrics
+    from .metrics.evaluate import evaluate_paths, evaluate_run
+    from .metrics.features import load_extractor
+    from .train import resolve_device
+
+    names = parse_metrics(args.metrics)
+    if (args.real is None) != (args.fake is None):
+        raise PurrganError("give both --real and --fake, or a run folder")
+    if args.run is None and args.real is None:
+        raise PurrganError("give a run folder or checkpoint, or --real A --fake B")
+    if args.num <= 0:
+        raise PurrganError("--num must be positive")
+    extractor = load_extractor(args.feature_extractor, args.inception_weights, resolve_device(args.device))
+    if args.real is not None:
+        results = evaluate_paths(args.real, args.fake, names, extractor, args.size)
+    else:
+        results = evaluate_run(args.run, names, args.num, args.split, extractor)
+    width = max(map(len, results))
+    for name, value in results.items():
+        print(f"{name:<{width}}  {value:.4f}")
+    if args.run is not None and Path(args.run).is_dir():
+        log.info("wrote %s", Path(args.run) / "metrics.json")
     return 0
 
 

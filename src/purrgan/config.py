@@ -88,6 +88,12 @@ class TrainConfig:
     keep_checkpoints: int = 2  # last.safetensors plus this many - 1 older ones (last-1, ...), to fall back on
     nan_retries: int = 2  # on NaN/Inf: roll back to the last good checkpoint this many times, then stop
     nan_lr_factor: float = 0.5  # ... multiplying both learning rates by this at each roll-back (1 = unchanged)
+    eval_every: int = 0  # steps between metric evaluations during training (0 = never); keeps checkpoints/best by FID
+    eval_num: int = 10000  # generated images per evaluation
+    eval_metrics: str = "fid"  # any of fid, kid, is, pr
+    eval_split: str = "train"  # real images to compare with: train, val (data.val_fraction) or all
+    feature_extractor: str = "inception"  # "inception" (the standard FID network) or "package.module:factory"
+    inception_weights: str = ""  # local copy of the FID Inception weights ("" = $PURRGAN_INCEPTION, cache, download)
 
 
 @dataclass(frozen=True)
@@ -109,17 +115,18 @@ _CHOICES = {
     ("model", "conditional"): ("none", "projection", "per-class"),
     ("model", "d_norm"): ("batch", "layer", "none"),
     ("optim", "name"): ("adam", "rmsprop"),
+    ("train", "eval_split"): ("train", "val", "all"),
 }
 _POSITIVE = {
     ("data", "resolution"), ("model", "z_dim"), ("model", "g_width"), ("model", "d_width"),
     ("optim", "lr_g"), ("optim", "lr_d"), ("train", "batch_size"), ("train", "log_every"),
     ("train", "sample_every"), ("train", "checkpoint_every"), ("train", "num_samples"),
     ("optim", "d_steps"), ("optim", "g_steps"), ("loss", "clip_value"), ("train", "histogram_every"),
-    ("train", "keep_checkpoints"), ("train", "nan_lr_factor"),
+    ("train", "keep_checkpoints"), ("train", "nan_lr_factor"), ("train", "eval_num"),
 }
 _NON_NEGATIVE = {("train", "steps"), ("train", "epochs"), ("train", "seed"), ("model", "num_classes"),
                  ("loss", "gp_weight"), ("loss", "r1_gamma"), ("augment", "instance_noise"), ("train", "ema_start"),
-                 ("train", "nan_retries")}
+                 ("train", "nan_retries"), ("train", "eval_every")}
 _FRACTIONS = {("loss", "label_smoothing"), ("train", "ema"), ("data", "val_fraction")}  # in [0, 1)
 
 
@@ -279,6 +286,9 @@ def validate(config: Config) -> None:
     from .loggers import parse_loggers
     check_policy(config.augment.policy)
     parse_loggers(config.train.logger)
+    if config.train.eval_every:
+        from .metrics import parse_metrics
+        parse_metrics(config.train.eval_metrics)
     device = config.train.device
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise PurrganError(f"'train.device' is '{device}'; allowed values: auto, cpu, cuda, cuda:N")

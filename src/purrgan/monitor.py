@@ -146,6 +146,19 @@ class RunMonitor:
         for warning in self.health.check_samples(step, images):
             self.warn(warning)
 
+    def evaluation(self, step: int, results: dict[str, float]) -> None:
+        """Record metrics computed during training: eval.csv and the loggers."""
+        path = self.run_dir / "eval.csv"
+        new = not path.exists()
+        with open(path, "a", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["step", *results])
+            if new:
+                writer.writeheader()
+            writer.writerow({"step": step, **{k: round(v, 6) for k, v in results.items()}})
+        for logger in self.loggers:
+            logger.scalars(step, {f"metrics/{k}": v for k, v in results.items()})
+        log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+
     def warn(self, warning) -> None:
         log.warning("%s", warning.message)
         with open(self.warnings_path, "a", encoding="utf-8") as handle:

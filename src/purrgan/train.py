@@ -96,6 +96,7 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     opt_d = make_optimizer(config, discriminator.parameters(), config.optim.lr_d)
     rng = torch.Generator(device=device).manual_seed(config.train.seed)  # z, augmentation and penalty draws
     loss_spec = LOSSES[config.loss.name]
+    evaluator = Evaluator(config, device, run_dir) if config.train.eval_every else None  # fails fast without weights
     step = 0
 
     def snapshot() -> dict:
@@ -106,6 +107,7 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
             "rng": {"train": rng.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+            "best_fid": evaluator.best_fid if evaluator else None,
         }
 
     def restore(state: dict, source: Path) -> int:
@@ -116,6 +118,8 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        if evaluator is not None and state.get("best_fid") is not None:
+            evaluator.best_fid = state["best_fid"]
         return int(state["step"])
 
     def save(extra: tuple[str, ...] = ()) -> None:
@@ -209,6 +213,11 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
                         on_progress(step, total_steps, row)
                 if step % config.train.sample_every == 0:
                     monitor.samples(step, sample_fixed(generator_ema or generator, z_fixed, labels_fixed))
+                if evaluator is not None and (step % config.train.eval_every == 0 or step == total_steps):
+                    results = evaluator.evaluate(generator_ema or generator, step, data.class_names)
+                    monitor.evaluation(step, results)
+                    if evaluator.improved(results):
+                        checkpoint.write_atomic(run_dir / "checkpoints" / "best.safetensors", checkpoint.encode(snapshot()))
                 if step % config.train.checkpoint_every == 0 or step == total_steps or (epoch_done and config.train.epoch_checkpoints):
                     save((f"epoch-{loader.epoch + 1:04d}.safetensors",) if epoch_done and config.train.epoch_checkpoints else ())
                     monitor.checkpointed()
@@ -242,6 +251,40 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     if config.model.conditional == "per-class":
         _export_members(generator_ema or generator, config, data.class_names, step, run_dir / "generators")
     return RunResult(run_dir, step, checkpoint.find_checkpoint(run_dir), final, stopped=step < total_steps)
+
+
+class Evaluator:
+    """Metrics during training (the run's own feature extractor and cached reference statistics) and the best FID."""
+
+    def __init__(self, config: Config, device: torch.device, run_dir: Path):
+        from .metrics import parse_metrics
+        from .metrics.evaluate import reference_statistics
+        from .metrics.features import load_extractor
+
+        self.config, self.names = config, parse_metrics(config.train.eval_metrics)
+        self.extractor = load_extractor(config.train.feature_extractor, config.train.inception_weights or None, device)
+        self.real = reference_statistics(config, config.train.eval_split, self.extractor)
+        self.best_fid: float | None = None
+
+    def evaluate(self, network: nn.Module, step: int, class_names: list[str]) -> dict[str, float]:
+        from .generate import TrainedGenerator
+        from .metrics.evaluate import compute, generated_features
+
+        was_training = network.training
+        network.eval()
+        try:
+            generator = TrainedGenerator(network, self.config.model.z_dim,
+                                         class_names if self.config.model.conditional != "none" else [], self.config, step)
+            return compute(self.names, self.real, generated_features(generator, self.config.train.eval_num, self.extractor))
+        finally:
+            network.train(was_training)
+
+    def improved(self, results: dict[str, float]) -> bool:
+        """Return whether results beat the best FID so far (and remember it)."""
+        if "fid" not in results or (self.best_fid is not None and results["fid"] >= self.best_fid):
+            return False
+        self.best_fid = results["fid"]
+        return True
 
 
 @torch.no_grad()

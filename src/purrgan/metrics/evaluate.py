@@ -1,0 +1,116 @@
+"""Evaluating generators: reference statistics of a data set (computed once, cached) against generated samples."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from ..data import load_images, split_validation, to_uint8
+from ..data.download import cache_dir
+from ..errors import PurrganError
+from . import METRICS
+from .features import FeatureExtractor, extract
+
+log = logging.getLogger(__name__)
+REAL_FEATURES_KEPT = 10_000  # real features kept in the cache for KID and precision/recall
+
+
+def _batches(images: torch.Tensor, size: int = 250):
+    for start in range(0, len(images), size):
+        yield images[start:start + size]
+
+
+def reference_statistics(config, split: str, extractor: FeatureExtractor, max_images: int = 50_000) -> dict[str, np.ndarray]:
+    """Return mu, sigma and (up to 10k) features of a run's real images, cached by data set, split and size.
+
+    split: "train" (what the run trains on), "val" (the held-out data.val_fraction) or "all".
+    """
+    data_config = config.data
+    key = json.dumps([data_config.source, data_config.classes, split, data_config.val_fraction, data_config.resolution,
+                      data_config.channels, extractor.name, max_images])
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    path = cache_dir() / "stats" / f"{extractor.name}-{data_config.resolution}px-{split}-{digest}.safetensors"
+    if path.is_file():
+        log.info("using cached reference statistics %s", path)
+        return load_file(str(path))
+    data = load_images(data_config.source, data_config.resolution, data_config.channels, data_config.classes)
+    train_part, val_part = split_validation(data, data_config.val_fraction)
+    chosen = {"train": train_part, "val": val_part, "all": data}.get(split)
+    if split not in ("train", "val", "all"):
+        raise PurrganError(f"unknown split '{split}'; use train, val or all")
+    if chosen is None:
+        raise PurrganError("--split val needs a held-out part: train with --set data.val_fraction=0.1 (for example)")
+    images = chosen.images[torch.randperm(len(chosen), generator=torch.Generator().manual_seed(0))[:max_images]]
+    log.info("computing reference statistics of %d real images (once; cached in %s)", len(images), path.parent)
+    features = extract(extractor, _batches(images))
+    stats = _statistics(features)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(stats, str(path), metadata={"key": key})
+    return stats
+
+
+def _statistics(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from .fid import gaussian_statistics
+
+    mu, sigma = gaussian_statistics(features["features"])
+    return {"mu": mu, "sigma": sigma, "features": np.ascontiguousarray(features["features"][:REAL_FEATURES_KEPT])}
+
+
+def generated_features(generator, num: int, extractor: FeatureExtractor, seed: int = 0, batch_size: int = 250) -> dict:
+    """Return features of num samples of generator (classes in turn for a conditional one)."""
+    def batches():
+        for start in range(0, num, batch_size):
+            count = min(batch_size, num - start)
+            yield to_uint8(generator.sample(count, seed=seed + start))
+    return extract(extractor, batches())
+
+
+def compute(names: list[str], real: dict, fake: dict) -> dict[str, float]:
+    """Return every named metric of real (statistics and features) against fake features."""
+    results: dict[str, float] = {}
+    for name in names:
+        try:
+            results.update(METRICS[name](real, fake))
+        except ValueError as error:
+            raise PurrganError(f"{name}: {error}") from None
+    return results
+
+
+def evaluate_generator(generator, names: list[str], num: int, split: str, extractor: FeatureExtractor) -> dict[str, float]:
+    """Return the metrics of a TrainedGenerator against its training data's reference statistics."""
+    real = reference_statistics(generator.config, split, extractor)
+    return compute(names, real, generated_features(generator, num, extractor))
+
+
+def evaluate_run(run: str | Path, names: list[str], num: int, split: str, extractor: FeatureExtractor) -> dict[str, float]:
+    """Return the metrics of a run's generator (G_ema when present) and write them to metrics.json in the run."""
+    from ..generate import load_generator
+
+    generator = load_generator(run)
+    results = evaluate_generator(generator, names, num, split, extractor)
+    folder = Path(run) if Path(run).is_dir() else None
+    if folder is not None:
+        record = {**results, "step": generator.step, "num": num, "split": split, "extractor": extractor.name,
+                  "weights": "ema" if generator.uses_ema else "raw"}
+        (folder / "metrics.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return results
+
+
+def evaluate_paths(real: str, fake: str, names: list[str], extractor: FeatureExtractor, resolution: int | None = None) -> dict[str, float]:
+    """Return the metrics of two folders, archives or prepared files of images against each other."""
+    from ..data.prepare import is_prepared_file, read_metadata
+
+    def load(source: str):
+        path = Path(source)
+        size = resolution or (read_metadata(path)["resolution"] if is_prepared_file(path) else 64)
+        channels = read_metadata(path)["channels"] if is_prepared_file(path) else 3
+        return load_images(source, size, channels).images
+
+    real_features = extract(extractor, _batches(load(real)))
+    return compute(names, {**_statistics(real_features), **real_features}, extract(extractor, _batches(load(fake))))

@@ -1,0 +1,118 @@
+"""Feature extractors for the metrics: the standard FID Inception-v3, or any module from images to vectors.
+
+The Inception network is torch-fidelity's port of the TF graph used by the FID paper (the same weights
+file as pytorch-fid, 2048-d pool features and 1008 logits, 299x299 bilinear resize inside), so numbers
+compare with published tables. Its weights come from --inception-weights, $PURRGAN_INCEPTION, the
+cache, or the usual download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import numpy as np
+import torch
+
+from ..data.download import cache_dir, download
+from ..errors import PurrganError
+
+INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_SHA256_PREFIX = "6726825d"  # the file name carries the start of its SHA-256
+
+
+class FeatureExtractor(Protocol):
+    name: str
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images: uint8 (N, 3, H, W) -> {"features": (N, D), optionally "logits": (N, K)}."""
+
+
+def inception_weights(explicit: str | None = None) -> Path:
+    """Return a verified local copy of the FID Inception weights, downloading it when needed and possible."""
+    given = explicit or os.environ.get("PURRGAN_INCEPTION")
+    if given:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise PurrganError(f"Inception weights file {path} does not exist")
+        _check_weights(path)
+        return path
+    path = cache_dir() / "inception" / INCEPTION_FILE
+    if not path.exists():
+        try:
+            download(INCEPTION_URL, path)
+        except PurrganError as error:
+            raise PurrganError(f"the FID Inception weights are missing and {str(error).split(';')[0]}; download "
+                               f"{INCEPTION_URL} elsewhere and put it at {path}, or pass --inception-weights PATH "
+                               f"(or set PURRGAN_INCEPTION)") from None
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if not digest.startswith(INCEPTION_SHA256_PREFIX):
+            path.unlink()
+            raise PurrganError(f"the downloaded Inception weights have SHA-256 {digest[:8]}..., expected "
+                               f"{INCEPTION_SHA256_PREFIX}...; the file was deleted, try again")
+    _check_weights(path)
+    return path
+
+
+def _check_weights(path: Path) -> None:
+    # torch-fidelity unpickles the file fully; first make sure it holds nothing but tensors.
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any failure means "not a plain weights file"
+        raise PurrganError(f"{path} is not a plain PyTorch weights file ({type(error).__name__}); refusing to load it") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PurrganError(f"{path} does not hold a state dict of tensors")
+
+
+class InceptionExtractor:
+    name = "inception"
+
+    def __init__(self, weights: str | None = None, device: str | torch.device = "cpu"):
+        try:
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        except ImportError:
+            raise PurrganError("the Inception metrics need torch-fidelity: pip install torch-fidelity") from None
+        path = inception_weights(weights)
+        try:
+            self.model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                                     feature_extractor_weights_path=str(path)).to(device)
+        except RuntimeError as error:
+            raise PurrganError(f"{path} is not the FID Inception-v3 weights ({str(error).splitlines()[0]})") from None
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features, logits = self.model(images.to(self.device))
+        return {"features": features, "logits": logits}
+
+
+def load_extractor(spec: str = "inception", weights: str | None = None, device: str | torch.device = "cpu") -> FeatureExtractor:
+    """Return the extractor named by spec: "inception", or "package.module:factory" for any callable module."""
+    if spec == "inception":
+        return InceptionExtractor(weights, device)
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError):
+        raise PurrganError(f"feature extractor '{spec}' not found; use 'inception' or 'package.module:factory'") from None
+    extractor = factory()
+    if not hasattr(extractor, "name"):
+        extractor.name = spec.replace(":", ".")
+    return extractor
+
+
+def extract(extractor: FeatureExtractor, batches: Iterable[torch.Tensor]) -> dict[str, np.ndarray]:
+    """Return the extractor's outputs for uint8 batches (N, C, H, W), concatenated, as float64 arrays."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in batches:
+        if batch.shape[1] == 1:
+            batch = batch.expand(-1, 3, -1, -1)  # Inception expects RGB
+        for key, value in extractor(batch).items():
+            parts.setdefault(key, []).append(value.detach().double().cpu().numpy())
+    if not parts:
+        raise PurrganError("no images to compute features of")
+    return {key: np.concatenate(values) for key, values in parts.items()}
