@@ -88,6 +88,11 @@ class TrainConfig:
     keep_checkpoints: int = 2  # last.safetensors plus this many - 1 older ones (last-1, ...), to fall back on
     nan_retries: int = 2  # on NaN/Inf: roll back to the last good checkpoint this many times, then stop
     nan_lr_factor: float = 0.5  # ... multiplying both learning rates by this at each roll-back (1 = unchanged)
+    amp: str = "auto"  # mixed precision: "auto" (bf16 on CUDA where supported, else fp16; off on CPU), "bf16", "fp16", "off"
+    channels_last: str = "auto"  # NHWC memory layout: "auto" (on for CUDA), "on", "off"
+    data_on_device: str = "auto"  # keep the uint8 data set on the GPU: "auto" (when it fits), "on", "off" (pinned streaming)
+    sync_batchnorm: bool = False  # with several GPUs: BatchNorm statistics over the global batch (CUDA only)
+    compile: bool = False  # torch.compile G and D (falls back to eager with a warning where it fails)
     eval_every: int = 0  # steps between metric evaluations during training (0 = never); keeps checkpoints/best by FID
     eval_num: int = 10000  # generated images per evaluation
     eval_metrics: str = "fid"  # any of fid, kid, is, pr
@@ -116,6 +121,9 @@ _CHOICES = {
     ("model", "d_norm"): ("batch", "layer", "none"),
     ("optim", "name"): ("adam", "rmsprop"),
     ("train", "eval_split"): ("train", "val", "all"),
+    ("train", "amp"): ("auto", "bf16", "fp16", "off"),
+    ("train", "channels_last"): ("auto", "on", "off", "true", "false"),
+    ("train", "data_on_device"): ("auto", "on", "off"),
 }
 _POSITIVE = {
     ("data", "resolution"), ("model", "z_dim"), ("model", "g_width"), ("model", "d_width"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -17,12 +18,15 @@ from .augment import diff_augment, random_hflip
 from .config import Config, from_dict, to_dict, to_toml
 from .data import ImageSet, load_images, split_validation, to_float
 from .data.loader import DeviceLoader
+from .dist import setup as setup_distributed
+from .dist import teardown as teardown_distributed
+from .dist import weights_checksum
 from .ema import make_ema, update_ema
 from .errors import PurrganError
 from .losses import LOSSES, clip_weights, discriminator_loss, generator_loss
 from .models import build_discriminator, build_generator
 from .health import HealthWarning, TrainingDiverged, first_non_finite
-from .monitor import RunMonitor, layer_grad_norms, save_grid, weights_and_grads
+from .monitor import NullMonitor, RunMonitor, layer_grad_norms, save_grid, weights_and_grads
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int, dict[str, float]], None]  # (step, total_steps, latest metrics)
@@ -54,11 +58,40 @@ def fixed_noise(config: Config, device: torch.device) -> tuple[torch.Tensor, tor
     return z.to(device), labels.to(device)
 
 
-def make_optimizer(config: Config, parameters, lr: float) -> torch.optim.Optimizer:
-    """Return the configured optimiser: Adam with (beta1, beta2), or RMSprop as in the WGAN paper."""
+def make_optimizer(config: Config, parameters, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """Return the configured optimiser: Adam with (beta1, beta2) (fused on CUDA), or RMSprop as in the WGAN paper."""
     if config.optim.name == "rmsprop":
         return torch.optim.RMSprop(parameters, lr=lr)
-    return torch.optim.Adam(parameters, lr=lr, betas=(config.optim.beta1, config.optim.beta2))
+    return torch.optim.Adam(parameters, lr=lr, betas=(config.optim.beta1, config.optim.beta2),
+                            **({"fused": True} if device.type == "cuda" else {}))
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """Return the autocast dtype for train.amp on device, or None for float32."""
+    if setting == "off" or (setting == "auto" and device.type != "cuda"):
+        return None
+    if setting == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if setting == "bf16" else torch.float16
+
+
+def maybe_compile(module: nn.Module, enabled: bool, example: tuple) -> nn.Module:
+    """Return torch.compile(module) if it works on a trial forward, else module itself with a warning."""
+    if not enabled:
+        return module
+    was_training = module.training
+    try:
+        compiled = torch.compile(module)
+        module.eval()  # the trial must not move BatchNorm statistics
+        with torch.no_grad():
+            compiled(*example)
+        return compiled
+    except Exception as error:  # noqa: BLE001 - any compiler failure means "train eagerly"
+        log.warning("torch.compile failed for %s (%s); training without compiling", type(module).__name__,
+                    str(error).splitlines()[0][:200])
+        return module
+    finally:
+        module.train(was_training)
 
 
 def with_classes(config: Config, data: ImageSet) -> Config:
@@ -78,25 +111,43 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     Setting stop (e.g. from a signal handler) ends the run after the current step, with a checkpoint.
     """
     run_dir = Path(run_dir)
-    device = resolve_device(config.train.device)
-    torch.manual_seed(config.train.seed)
+    dist, device_name = setup_distributed(config.train.device)  # one process, or one rank of torchrun's several
+    device = resolve_device(device_name)
+    torch.manual_seed(config.train.seed)  # the same initial weights on every rank
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     data, _ = split_validation(load_images(config.data.source, config.data.resolution, config.data.channels,
                                            config.data.classes), config.data.val_fraction)
     config = with_classes(config, data)
-    loader = DeviceLoader(data, config.train.batch_size, config.train.seed, device)
+    loader = DeviceLoader(data, config.train.batch_size, config.train.seed, device, config.train.data_on_device,
+                          dist.rank, dist.world_size)  # each rank draws its share of every global batch
     flip = config.data.hflip == "on" or (config.data.hflip == "auto" and config.data.source != "digits")
     total_steps = config.train.steps if config.train.epochs == 0 else config.train.epochs * loader.batches_per_epoch
 
     generator, discriminator = build_generator(config).to(device), build_discriminator(config).to(device)
+    if dist.enabled and config.train.sync_batchnorm:
+        if device.type != "cuda":
+            raise PurrganError("train.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only)")
+        generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+        discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
     generator_ema = make_ema(generator) if config.train.ema > 0 else None
-    opt_g = make_optimizer(config, generator.parameters(), config.optim.lr_g)
-    opt_d = make_optimizer(config, discriminator.parameters(), config.optim.lr_d)
-    rng = torch.Generator(device=device).manual_seed(config.train.seed)  # z, augmentation and penalty draws
+    channels_last = config.train.channels_last in ("on", "true") or (config.train.channels_last == "auto" and device.type == "cuda")
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    generator, discriminator = generator.to(memory_format=memory_format), discriminator.to(memory_format=memory_format)
+    opt_g = make_optimizer(config, generator.parameters(), config.optim.lr_g, device)
+    opt_d = make_optimizer(config, discriminator.parameters(), config.optim.lr_d, device)
+    precision = amp_dtype(config.train.amp, device)
+    scaler_g = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)  # fp16 needs loss scaling
+    scaler_d = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
+    example = torch.zeros(2, config.model.z_dim, device=device), torch.zeros(2, dtype=torch.long, device=device)
+    G = maybe_compile(generator, config.train.compile, example)  # G and D run; generator/discriminator are saved
+    D = maybe_compile(discriminator, config.train.compile,
+                      (torch.zeros(2, config.data.channels, config.data.resolution, config.data.resolution, device=device),
+                       example[1]))
+    rng = torch.Generator(device=device).manual_seed(config.train.seed + 1_000_003 * dist.rank)  # z, augmentation, penalty
     loss_spec = LOSSES[config.loss.name]
-    evaluator = Evaluator(config, device, run_dir) if config.train.eval_every else None  # fails fast without weights
+    evaluator = Evaluator(config, device, run_dir) if config.train.eval_every and dist.is_main else None  # fails fast
     step = 0
 
     def snapshot() -> dict:
@@ -105,6 +156,7 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
             "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
             "generator_ema": generator_ema.state_dict() if generator_ema is not None else None,
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+            "scaler_g": scaler_g.state_dict(), "scaler_d": scaler_d.state_dict(),
             "rng": {"train": rng.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
             "best_fid": evaluator.best_fid if evaluator else None,
@@ -118,15 +170,24 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        if state.get("scaler_g"):
+            scaler_g.load_state_dict(state["scaler_g"])
+            scaler_d.load_state_dict(state["scaler_d"])
         if evaluator is not None and state.get("best_fid") is not None:
             evaluator.best_fid = state["best_fid"]
+        if dist.rank > 0:  # the checkpoint holds rank 0's draws; the others continue from their own seeds
+            rng.manual_seed(config.train.seed + 1_000_003 * dist.rank + int(state["step"]))
         return int(state["step"])
 
     def save(extra: tuple[str, ...] = ()) -> None:
         broken = first_non_finite(generator, discriminator)
         if broken:  # never replace a good checkpoint with a diverged one
             raise TrainingDiverged(f"{broken} holds NaN/Inf at step {step}")
-        checkpoint.save(run_dir / "checkpoints", snapshot(), extra, keep=config.train.keep_checkpoints)
+        checksums = dist.gather_floats(weights_checksum(generator, discriminator), device)  # ranks in step?
+        if dist.is_main:
+            checkpoint.save(run_dir / "checkpoints", {**snapshot(), "world_size": dist.world_size,
+                                                      "rank_checksums": checksums}, extra, keep=config.train.keep_checkpoints)
+        dist.barrier()  # nobody reads a checkpoint before it is complete
 
     if resume:
         state, source = checkpoint.load_latest(run_dir)
@@ -134,14 +195,16 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
         log.info("resuming %s from step %d (%s)", run_dir, step, source)
     elif (run_dir / "checkpoints" / checkpoint.LAST).exists():
         raise PurrganError(f"{run_dir} already holds a run; add --resume to continue it or choose another --out")
+    dist.barrier()  # every rank has looked before rank 0 writes
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(to_toml(config), encoding="utf-8")
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(to_toml(config), encoding="utf-8")
     if not resume:
         save()  # step 0: a kill or a NaN before the first regular checkpoint still has a state to go back to
     z_fixed, labels_fixed = fixed_noise(config, device)
     shown = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.train.seed))[:config.train.num_samples]
-    monitor = RunMonitor(run_dir, config, total_steps, step, to_float(data.images[shown]))
+    monitor = RunMonitor(run_dir, config, total_steps, step, to_float(data.images[shown])) if dist.is_main else NullMonitor()
 
     def for_d(images: torch.Tensor) -> torch.Tensor:
         """What D sees: DiffAugment, then instance noise annealed to 0 over the run."""
@@ -162,27 +225,38 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
             real, labels = loader.next()  # (B, C, H, W) in [-1, 1], (B,)
             if flip:
                 real = random_hflip(real, rng)
-            with torch.no_grad():
-                fake = generator(noise(real.shape[0]), labels)
-            d_out = discriminator_loss(config.loss, discriminator, for_d(real), for_d(fake), labels, rng)
+            real = real.contiguous(memory_format=memory_format)
+            with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
+                with torch.no_grad():
+                    fake = G(noise(real.shape[0]), labels)
+                d_out = discriminator_loss(config.loss, D, for_d(real), for_d(fake), labels, rng)  # losses in float32
             opt_d.zero_grad(set_to_none=True)
-            d_out["loss"].backward()
+            scaler_d.scale(d_out["loss"]).backward()
+            dist.average_gradients(discriminator)
             if log_now:  # D's gradient flow, before G's step could touch it
+                scaler_d.unscale_(opt_d)
                 stats = layer_grad_norms(discriminator, "D")
                 histograms = weights_and_grads(discriminator, "D") if histograms_now else {}
-            opt_d.step()
+            scaler_d.step(opt_d)
+            scaler_d.update()
             if loss_spec.clip:
                 clip_weights(discriminator, config.loss.clip_value)
             seen += real.shape[0]
 
         discriminator.requires_grad_(False)  # G's step needs no gradients for D's weights
         for _ in range(config.optim.g_steps):
-            fake = generator(noise(real.shape[0]), labels)  # G imitates the classes of the last real batch
-            g_out = generator_loss(config.loss, discriminator, for_d(fake), labels)
+            with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
+                fake = G(noise(real.shape[0]), labels)  # G imitates the classes of the last real batch
+                g_out = generator_loss(config.loss, D, for_d(fake), labels)
             opt_g.zero_grad(set_to_none=True)
-            g_out["loss"].backward()
-            opt_g.step()
+            scaler_g.scale(g_out["loss"]).backward()
+            dist.average_gradients(generator)
+            if log_now:
+                scaler_g.unscale_(opt_g)
+            scaler_g.step(opt_g)
+            scaler_g.update()
         discriminator.requires_grad_(True)
+        dist.broadcast_buffers(generator, discriminator)  # BatchNorm statistics follow rank 0, as with DDP
         if generator_ema is not None:
             update_ema(generator_ema, generator, config.train.ema if step >= config.train.ema_start else 0.0)
         if log_now:
@@ -191,9 +265,17 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
                 histograms.update(weights_and_grads(generator, "G"))
         return d_out, g_out, stats, histograms, seen
 
+    def stop_requested(step: int) -> bool:
+        """Whether to end early; with several ranks they agree at log steps so that all stop at the same step."""
+        if stop is None:
+            return False
+        if not dist.enabled:
+            return stop.is_set()
+        return step % config.train.log_every == 0 and dist.any(stop.is_set(), device)
+
     started, images_seen, last_time, rollbacks = time.perf_counter(), 0, time.perf_counter(), 0
     try:
-        while step < total_steps and not (stop is not None and stop.is_set()):
+        while step < total_steps and not stop_requested(step):
             log_now = (step + 1) % config.train.log_every == 0 or step + 1 == total_steps
             histograms_now = log_now and (step + 1) % config.train.histogram_every == 0
             try:
@@ -203,15 +285,19 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
                 epoch_done = loader.index == loader.batches_per_epoch
                 if log_now:
                     now = time.perf_counter()
-                    row = {"step": step, "epoch": loader.epoch, "d_loss": d_out["loss"].item(), "g_loss": g_out["loss"].item(),
-                           **{k: v.item() for k, v in d_out.items() if k != "loss"},
-                           "images_per_s": images_seen / max(now - last_time, 1e-9), "elapsed_s": now - started}
+                    names = ["d_loss", "g_loss", *(k for k in d_out if k != "loss")]
+                    values = dist.mean(torch.stack([d_out["loss"].detach().float(), g_out["loss"].detach().float(),
+                                                    *(v.float() for k, v in d_out.items() if k != "loss")])).tolist()
+                    row = {"step": step, "epoch": loader.epoch, **dict(zip(names, values)),
+                           "images_per_s": images_seen * dist.world_size / max(now - last_time, 1e-9), "elapsed_s": now - started}
+                    if not all(math.isfinite(v) for v in values[:2]):  # every rank sees the same means: all roll back
+                        raise TrainingDiverged(f"d_loss and g_loss became {values[0]}, {values[1]} at step {step}")
                     stats.update({"lr/g": opt_g.param_groups[0]["lr"], "lr/d": opt_d.param_groups[0]["lr"]})
                     monitor.log(step, row, stats, histograms)
                     images_seen, last_time = 0, now
                     if on_progress:
                         on_progress(step, total_steps, row)
-                if step % config.train.sample_every == 0:
+                if dist.is_main and step % config.train.sample_every == 0:
                     monitor.samples(step, sample_fixed(generator_ema or generator, z_fixed, labels_fixed))
                 if evaluator is not None and (step % config.train.eval_every == 0 or step == total_steps):
                     results = evaluator.evaluate(generator_ema or generator, step, data.class_names)
@@ -240,6 +326,10 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
             monitor.checkpointed()
     finally:
         monitor.close()
+    if not dist.is_main:
+        dist.barrier()
+        teardown_distributed(dist)
+        return RunResult(run_dir, step, checkpoint.find_checkpoint(run_dir), run_dir / "samples" / "final.png", step < total_steps)
 
     final = save_grid(sample_fixed(generator_ema or generator, z_fixed, labels_fixed), run_dir / "samples" / "final.png")
     from .generate import load_generator
@@ -250,6 +340,8 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     write_model_card(load_generator(run_dir), run_dir / "MODEL.md", run_dir=run_dir)
     if config.model.conditional == "per-class":
         _export_members(generator_ema or generator, config, data.class_names, step, run_dir / "generators")
+    dist.barrier()
+    teardown_distributed(dist)
     return RunResult(run_dir, step, checkpoint.find_checkpoint(run_dir), final, stopped=step < total_steps)
 
 

@@ -15,20 +15,27 @@ class DeviceLoader:
     recomputed from the seed, so no data order has to be stored.
     """
 
-    def __init__(self, data: ImageSet, batch_size: int, seed: int, device: torch.device):
+    def __init__(self, data: ImageSet, batch_size: int, seed: int, device: torch.device, on_device: str = "auto",
+                 rank: int = 0, world_size: int = 1):
         if len(data) < batch_size:
             raise PurrganError(f"the data set has only {len(data)} images, fewer than the batch size {batch_size}; "
                                f"use --batch-size {len(data)} or fewer")
-        self.images = data.images.to(device)  # (N, C, H, W) uint8
-        self.labels = data.labels.to(device) if data.labels is not None else None
+        if batch_size % world_size:
+            raise PurrganError(f"the batch size {batch_size} does not split evenly over {world_size} processes")
+        # Small data sets live on the training device; larger ones stream each batch from pinned memory.
+        self.storage = device if _fits(data.images, device, on_device) else torch.device("cpu")
+        images = data.images.to(self.storage)
+        self.images = images.pin_memory() if self.storage.type == "cpu" and device.type == "cuda" else images  # (N, C, H, W) uint8
+        self.labels = data.labels.to(self.storage) if data.labels is not None else None
         self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.rank, self.world_size = rank, world_size
         self.batches_per_epoch = len(data) // batch_size
         self.epoch, self.index = 0, 0
         self._order = self._permutation(0)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.images.shape[0], generator=generator).to(self.device)
+        return torch.randperm(self.images.shape[0], generator=generator).to(self.storage)
 
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index}
@@ -43,6 +50,17 @@ class DeviceLoader:
             self.epoch, self.index = self.epoch + 1, 0
             self._order = self._permutation(self.epoch)
         chosen = self._order[self.index * self.batch_size:(self.index + 1) * self.batch_size]
+        chosen = chosen[self.rank::self.world_size]  # this process's share of the global batch
         self.index += 1
-        labels = self.labels[chosen] if self.labels is not None else None
-        return to_float(self.images[chosen]), labels
+        images = self.images[chosen].to(self.device, non_blocking=True)
+        labels = self.labels[chosen].to(self.device, non_blocking=True) if self.labels is not None else None
+        return to_float(images), labels
+
+
+def _fits(images: torch.Tensor, device: torch.device, on_device: str) -> bool:
+    if on_device in ("on", "true") or device.type == "cpu":
+        return True
+    if on_device in ("off", "false"):
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.numel() < 0.3 * free  # leave the rest to the models and activations
