@@ -89,7 +89,7 @@ class TrainConfig:
     nan_retries: int = 2  # on NaN/Inf: roll back to the last good checkpoint this many times, then stop
     nan_lr_factor: float = 0.5  # ... multiplying both learning rates by this at each roll-back (1 = unchanged)
     amp: str = "auto"  # mixed precision: "auto" (bf16 on CUDA where supported, else fp16; off on CPU), "bf16", "fp16", "off"
-    channels_last: str = "auto"  # NHWC memory layout: "auto" (on for CUDA), "on", "off"
+    channels_last: str = "auto"  # NHWC memory layout: "auto" (= on: faster with cuDNN and CPU oneDNN), "on", "off"
     data_on_device: str = "auto"  # keep the uint8 data set on the GPU: "auto" (when it fits), "on", "off" (pinned streaming)
     sync_batchnorm: bool = False  # with several GPUs: BatchNorm statistics over the global batch (CUDA only)
     compile: bool = False  # torch.compile G and D (falls back to eager with a warning where it fails)

@@ -132,7 +132,7 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
         generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
         discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
     generator_ema = make_ema(generator) if config.train.ema > 0 else None
-    channels_last = config.train.channels_last in ("on", "true") or (config.train.channels_last == "auto" and device.type == "cuda")
+    channels_last = config.train.channels_last in ("on", "auto", "true")  # NHWC is faster for cuDNN and oneDNN alike
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     generator, discriminator = generator.to(memory_format=memory_format), discriminator.to(memory_format=memory_format)
     opt_g = make_optimizer(config, generator.parameters(), config.optim.lr_g, device)
@@ -221,15 +221,16 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     def train_step(log_now: bool, histograms_now: bool) -> tuple[dict, dict, dict, dict, int]:
         """One step: d_steps D updates on fresh real batches, then g_steps G updates; returns what to log."""
         stats, histograms, seen = {}, {}, 0
+        reuse = config.optim.d_steps == 1 and config.optim.g_steps == 1  # G's step reuses D's fake batch (one G forward)
         for _ in range(config.optim.d_steps):
             real, labels = loader.next()  # (B, C, H, W) in [-1, 1], (B,)
             if flip:
                 real = random_hflip(real, rng)
             real = real.contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
-                with torch.no_grad():
+                with torch.set_grad_enabled(reuse):  # keep G's graph only when G's step will use this batch
                     fake = G(noise(real.shape[0]), labels)
-                d_out = discriminator_loss(config.loss, D, for_d(real), for_d(fake), labels, rng)  # losses in float32
+                d_out = discriminator_loss(config.loss, D, for_d(real), for_d(fake.detach()), labels, rng)  # float32 losses
             opt_d.zero_grad(set_to_none=True)
             scaler_d.scale(d_out["loss"]).backward()
             dist.average_gradients(discriminator)
@@ -246,7 +247,8 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
         discriminator.requires_grad_(False)  # G's step needs no gradients for D's weights
         for _ in range(config.optim.g_steps):
             with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
-                fake = G(noise(real.shape[0]), labels)  # G imitates the classes of the last real batch
+                if not reuse:
+                    fake = G(noise(real.shape[0]), labels)  # G imitates the classes of the last real batch
                 g_out = generator_loss(config.loss, D, for_d(fake), labels)
             opt_g.zero_grad(set_to_none=True)
             scaler_g.scale(g_out["loss"]).backward()
