@@ -8,7 +8,7 @@ warms up, then reports the median images/s of several timed repeats.
 
     python benchmarks/throughput.py                       # CPU, the default digits-sized DCGAN (32x32, widths 32)
     python benchmarks/throughput.py --model dcgan64       # the reference DCGAN-64
-    python benchmarks/throughput.py --device cuda --model dcgan64 --amp bf16 --channels-last   # on a GPU
+    python benchmarks/throughput.py --device cuda --model dcgan64   # on a GPU (purrgan's defaults there: bf16, channels_last)
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def run_purrgan(args, folder: Path) -> dict:
                  "data.hflip": "on", "model.g_width": str(g_width), "model.d_width": str(d_width),
                  "train.batch_size": str(args.batch), "train.device": args.device, "train.logger": "none",
                  "train.sample_every": "1000000", "train.checkpoint_every": "1000000", "train.log_every": str(args.steps),
-                 "train.amp": args.amp, "train.channels_last": str(args.channels_last).lower(),
+                 "train.amp": args.amp, "train.channels_last": args.channels_last,
                  "train.compile": str(args.compile).lower()}
     load_images(str(folder), resolution, channels)  # prepare once, outside the timing (as the baseline's file scan)
     run_root = Path(tempfile.mkdtemp())
@@ -211,8 +211,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--images", type=int, default=5000, help="PNG files in the image folder")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="baseline DataLoader workers")
-    parser.add_argument("--amp", default="off", help="purrgan: off, bf16, fp16 or auto")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--amp", default="auto", help="purrgan: auto (its default: bf16 on CUDA, off on CPU), off, bf16, fp16")
+    parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"), help="purrgan's memory layout")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--child", choices=("baseline", "purrgan"), help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
