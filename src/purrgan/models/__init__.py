@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import PurrganError
 from . import dcgan, dcgan_linear, keras_cifar, sngan
-from .perclass import PerClassDiscriminator, PerClassGenerator
+from .perclass import PerClass
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -51,7 +51,7 @@ def build_generator(config: "Config") -> nn.Module:
     """Return a freshly initialised generator for config."""
     arch = ARCHITECTURES[config.model.arch]
     if config.model.conditional == "per-class":
-        return PerClassGenerator(lambda: arch.generator(config, 0), _num_classes(config))
+        return PerClass(lambda: arch.generator(config, 0), _num_classes(config))
     return arch.generator(config, _num_classes(config) if config.model.conditional == "projection" else 0)
 
 
@@ -59,7 +59,7 @@ def build_discriminator(config: "Config") -> nn.Module:
     """Return a freshly initialised discriminator for config."""
     arch = ARCHITECTURES[config.model.arch]
     if config.model.conditional == "per-class":
-        return PerClassDiscriminator(lambda: arch.discriminator(config, 0), _num_classes(config))
+        return PerClass(lambda: arch.discriminator(config, 0), _num_classes(config))
     return arch.discriminator(config, _num_classes(config) if config.model.conditional == "projection" else 0)
 
 

@@ -25,19 +25,12 @@ def _route(members: nn.ModuleList, inputs: torch.Tensor, labels: torch.Tensor | 
     return torch.cat(pieces)[torch.argsort(torch.cat(order))]  # back in the input's order
 
 
-class PerClassGenerator(nn.Module):
+class PerClass(nn.Module):
+    """num_classes independent copies of a network (G or D); each input goes to the copy of its label."""
+
     def __init__(self, build: Callable[[], nn.Module], num_classes: int):
         super().__init__()
         self.members = nn.ModuleList(build() for _ in range(num_classes))
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return _route(self.members, z, labels)
-
-
-class PerClassDiscriminator(nn.Module):
-    def __init__(self, build: Callable[[], nn.Module], num_classes: int):
-        super().__init__()
-        self.members = nn.ModuleList(build() for _ in range(num_classes))
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return _route(self.members, images, labels)
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return _route(self.members, inputs, labels)
