@@ -94,6 +94,22 @@ def matmul_peak(device: str) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
+def sampling_rate(device: str, model: str, count: int, batch: int) -> float:
+    """Return images/s of `purrgan sample`'s path (TrainedGenerator.sample) for a DCGAN G of the given model."""
+    from purrgan.generate import TrainedGenerator
+    from purrgan.models.dcgan import Generator
+
+    resolution, channels, g_width, _ = MODELS[model]
+    network = Generator(100, channels, resolution, g_width).to(device).eval()
+    generator = TrainedGenerator(network, 100, [])
+    generator.sample(batch, seed=0, batch_size=batch)  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    generator.sample(count, seed=1, batch_size=batch)
+    _sync(device)
+    return count / (time.perf_counter() - start)
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -214,6 +230,9 @@ def main() -> None:
     parser.add_argument("--amp", default="auto", help="purrgan: auto (its default: bf16 on CUDA, off on CPU), off, bf16, fp16")
     parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"), help="purrgan's memory layout")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--sampling-only", action="store_true", help="only measure sampling images/s")
+    parser.add_argument("--sample-num", type=int, default=20000, help="images drawn for the sampling rate")
+    parser.add_argument("--sample-batch", type=int, default=1024)
     parser.add_argument("--child", choices=("baseline", "purrgan"), help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -225,6 +244,12 @@ def main() -> None:
         return
 
     resolution, channels, g_width, d_width = MODELS[args.model]
+    if args.sampling_only:
+        rate = sampling_rate(args.device, args.model, args.sample_num, args.sample_batch)
+        name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
+        print(f"device: {name}; model {args.model}; sampling {args.sample_num} images in batches of "
+              f"{args.sample_batch}: {rate:.0f} images/s")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_image_folder(Path(tmp), args.images, resolution, channels)
         results = {}
@@ -252,6 +277,8 @@ def main() -> None:
               f"({r['memory_kind']}) | {100 * r['data_share']:.0f}% | {flops / 1e9:.1f} | {achieved / 1e12:.3f} | "
               f"{100 * achieved / peak:.0f}% |")
     print(f"\nmatmul peak measured on this device: {peak / 1e12:.3f} TFLOP/s (float32)")
+    rate = sampling_rate(args.device, args.model, args.sample_num, args.sample_batch)
+    print(f"sampling (purrgan sample's path): {rate:.0f} images/s ({args.sample_num} images, batches of {args.sample_batch})")
 
 
 if __name__ == "__main__":

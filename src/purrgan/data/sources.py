@@ -48,7 +48,10 @@ class SourceSpec:
             digest = hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:8]
             return f"path-{self.path.name.replace('.', '_')}-{digest}"
         opts = "-".join(f"{k}{v}" for k, v in sorted(self.options.items()) if k not in ("classes", "path"))
-        return self.name + (f"-{opts}" if opts else "")
+        copy = ""  # a manual copy elsewhere gets its own prepared file instead of rebuilding the cache's one
+        if "path" in self.options:
+            copy = "-" + hashlib.sha1(str(Path(self.options["path"]).expanduser().resolve()).encode()).hexdigest()[:8]
+        return self.name + (f"-{opts}" if opts else "") + copy
 
 
 @dataclass
