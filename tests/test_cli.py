@@ -9,7 +9,9 @@ from purrgan import load_generator, to_pil
 from purrgan.cli import main
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["presets"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["presets"], ["evaluate"], ["interpolate"], ["export"],
+                                     ["report"], ["data"], ["data", "list"], ["data", "download"], ["data", "prepare"],
+                                     ["data", "info"], ["data", "show"]])
 def test_help_of_every_command(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(command + ["--help"])
