@@ -112,6 +112,14 @@ def test_nan_rolls_back_lowers_the_learning_rates_and_carries_on(tmp_path, monke
     assert len(nan_warnings) == 1 and "rolled back to step 50" in nan_warnings[0]
 
 
+def test_each_roll_back_lowers_the_learning_rates_further(tmp_path, monkeypatch):
+    _poison_bce(monkeypatch, bad_calls={56, 63})  # two separate failures, both after the step-50 checkpoint
+    run = tmp_path / "run"
+    train(tiny_config(train__steps=100), run)
+    state, _ = checkpoint.load_latest(run)
+    assert state["opt_d"]["param_groups"][0]["lr"] == pytest.approx(5e-5)  # 2e-4 * 0.5 * 0.5
+
+
 def test_nan_that_keeps_coming_back_stops_after_k_tries(tmp_path, monkeypatch):
     _poison_bce(monkeypatch, bad_calls=set(range(1, 10_000)))
     run = tmp_path / "run"

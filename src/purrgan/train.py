@@ -316,10 +316,11 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
                     raise PurrganError(f"{error}: training diverged {rollbacks} times; lower the learning rates "
                                        f"(--set optim.lr_d=... --set optim.lr_g=...); the last good checkpoint is kept in "
                                        f"{run_dir / 'checkpoints'}") from None
+                failed_lrs = [group["lr"] for group in opt_g.param_groups + opt_d.param_groups]
                 state, source = checkpoint.load_latest(run_dir)
                 step = restore(state, source)
-                for group in opt_g.param_groups + opt_d.param_groups:
-                    group["lr"] *= config.train.nan_lr_factor
+                for group, lr in zip(opt_g.param_groups + opt_d.param_groups, failed_lrs):
+                    group["lr"] = lr * config.train.nan_lr_factor  # lower than when it failed, also after a 2nd roll-back
                 monitor.warn(HealthWarning("nan", step, f"{error}; rolled back to step {step} and multiplied the learning "
                                                         f"rates by {config.train.nan_lr_factor} (try {rollbacks} of "
                                                         f"{config.train.nan_retries})"))
