@@ -89,7 +89,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", ema: bo
         raise PurrganError(f"{source} does not hold a generator this purrgan can build "
                            f"({checkpoint.describe_load_error(error)})") from None
     network.eval()
-    classes = state.get("class_names") or [] if config.model.conditional != "none" else []
+    classes = (state.get("class_names") or []) if config.model.conditional != "none" else []
     return TrainedGenerator(network, config.model.z_dim, classes, config, int(state.get("step", 0)),
                             uses_ema=weights is state.get("generator_ema")).to(device)
 
@@ -126,11 +126,14 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.where(straight, (1 - t) * a + t * b, arc)
 
 
+def mix(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor, spherical: bool) -> torch.Tensor:
+    """Return latents between a and b (N, D) at fractions t (N, 1): along the arc, or the straight line."""
+    return slerp(a, b, t) if spherical else (1 - t) * a + t * b
+
+
 def interpolate(a: torch.Tensor, b: torch.Tensor, steps: int, spherical: bool) -> torch.Tensor:
     """Return (steps, D) latents from a to b (both (D,)), ends included."""
-    t = torch.linspace(0, 1, steps)[:, None]
-    a, b = a.expand(steps, -1), b.expand(steps, -1)
-    return slerp(a, b, t) if spherical else (1 - t) * a + t * b
+    return mix(a.expand(steps, -1), b.expand(steps, -1), torch.linspace(0, 1, steps)[:, None], spherical)
 
 
 @torch.no_grad()
@@ -157,8 +160,7 @@ def latent_walk(generator: TrainedGenerator, count: int, keyframes: int, steps: 
     for k in range(keyframes):
         a, b = keys[k], keys[(k + 1) % keyframes]
         for t in torch.linspace(0, 1, steps + 1)[:-1]:  # the end of one leg is the start of the next
-            tt = torch.full((count, 1), float(t))
-            z = slerp(a, b, tt) if spherical else (1 - tt) * a + tt * b
+            z = mix(a, b, torch.full((count, 1), float(t)), spherical)
             frames.append(generator.network(z.to(generator.device), labels).float().cpu())
     return frames
 

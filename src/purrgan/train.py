@@ -335,12 +335,15 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
         return RunResult(run_dir, step, checkpoint.find_checkpoint(run_dir), run_dir / "samples" / "final.png", step < total_steps)
 
     final = save_grid(sample_fixed(generator_ema or generator, z_fixed, labels_fixed), run_dir / "samples" / "final.png")
-    from .generate import load_generator
+    from .generate import TrainedGenerator
     from .modelcard import write_model_card
     from .report import write_report
 
     write_report(run_dir)
-    write_model_card(load_generator(run_dir), run_dir / "MODEL.md", run_dir=run_dir)
+    trained = TrainedGenerator(generator_ema or generator, config.model.z_dim,
+                               data.class_names if config.model.conditional != "none" else [], config, step,
+                               uses_ema=generator_ema is not None)  # the weights in memory: no reload from disk
+    write_model_card(trained, run_dir / "MODEL.md", run_dir=run_dir)
     if config.model.conditional == "per-class":
         _export_members(generator_ema or generator, config, data.class_names, step, run_dir / "generators")
     dist.barrier()

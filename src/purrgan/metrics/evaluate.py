@@ -39,11 +39,11 @@ def reference_statistics(config, split: str, extractor: FeatureExtractor, max_im
     if path.is_file():
         log.info("using cached reference statistics %s", path)
         return load_file(str(path))
-    data = load_images(data_config.source, data_config.resolution, data_config.channels, data_config.classes)
-    train_part, val_part = split_validation(data, data_config.val_fraction)
-    chosen = {"train": train_part, "val": val_part, "all": data}.get(split)
     if split not in ("train", "val", "all"):
         raise PurrganError(f"unknown split '{split}'; use train, val or all")
+    data = load_images(data_config.source, data_config.resolution, data_config.channels, data_config.classes)
+    train_part, val_part = split_validation(data, data_config.val_fraction)
+    chosen = {"train": train_part, "val": val_part, "all": data}[split]
     if chosen is None:
         raise PurrganError("--split val needs a held-out part: train with --set data.val_fraction=0.1 (for example)")
     images = chosen.images[torch.randperm(len(chosen), generator=torch.Generator().manual_seed(0))[:max_images]]
