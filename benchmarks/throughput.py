@@ -54,8 +54,8 @@ def make_image_folder(root: Path, count: int, resolution: int, channels: int) ->
             (folder / f"{i:06d}.jpg").unlink()
         source = "cats64-kaggle (real photos)"
     else:
-        from purrgan.data import load_digits
-        digits = load_digits(resolution, channels).images
+        from purrgan.data import load_images
+        digits = load_images("digits", resolution, channels).images
         for i in range(count):
             array = digits[i % len(digits)].permute(1, 2, 0).numpy()
             Image.fromarray(array[:, :, 0] if channels == 1 else array).save(folder / f"{i:06d}.png")

@@ -2,6 +2,7 @@ import pytest
 
 from purrgan.config import DEFAULT_PRESET, from_dict, load_config, parse_toml, preset_names, preset_summary, to_toml
 from purrgan.errors import PurrganError
+from purrgan.state import check_config
 
 
 def test_default_preset_is_the_reference_dcgan_recipe():
@@ -38,7 +39,7 @@ def test_overrides_are_parsed_to_the_field_type():
 ])
 def test_bad_values_fail_with_one_line_naming_the_key(key, value, message):
     with pytest.raises(PurrganError) as error:
-        load_config(overrides={key: value})
+        check_config(load_config(overrides={key: value}))  # registry names are checked by the registries
     assert message in str(error.value)
     assert "\n" not in str(error.value)
 

@@ -2,15 +2,23 @@
 
 DiffAugment (Zhao et al. 2020, "Differentiable Augmentation for Data-Efficient GAN Training") is
 applied to everything D sees, real and fake alike, and is differentiable so G learns through it;
-this is a port of the authors' DiffAugment_pytorch.py with an explicit random generator.
+the operations are a port of the authors' DiffAugment_pytorch.py with an explicit random generator.
+
+`build_augment(config.augment)` returns the object the training step calls on D's inputs. It may
+own state (saved in every checkpoint through state_dict) and may learn from D's outputs (observe).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .errors import PurrganError
+
+if TYPE_CHECKING:
+    from .config import AugmentConfig
 
 
 def random_hflip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -64,15 +72,55 @@ def cutout(x: torch.Tensor, generator: torch.Generator, ratio: float = 0.5) -> t
 POLICIES = {"color": color, "translation": translation, "cutout": cutout}
 
 
-def check_policy(policy: str) -> None:
+def check_policy(policy: tuple[str, ...] | str) -> None:
     """Raise PurrganError for an unknown DiffAugment operation name."""
-    for name in filter(None, (p.strip() for p in policy.split(","))):
+    names = policy.split(",") if isinstance(policy, str) else policy
+    for name in filter(None, (p.strip() for p in names)):
         if name not in POLICIES:
             raise PurrganError(f"unknown augment.policy operation '{name}'; use any of: {', '.join(POLICIES)}")
 
 
-def diff_augment(x: torch.Tensor, policy: str, generator: torch.Generator) -> torch.Tensor:
+def diff_augment(x: torch.Tensor, policy: tuple[str, ...] | str, generator: torch.Generator) -> torch.Tensor:
     """Return x with each operation of policy ("color,translation,cutout") applied in order."""
-    for name in filter(None, (p.strip() for p in policy.split(","))):
+    names = policy.split(",") if isinstance(policy, str) else policy
+    for name in filter(None, (p.strip() for p in names)):
         x = POLICIES[name](x, generator)
     return x
+
+
+class Augment:
+    """What D's inputs go through: DiffAugment's operations, then instance noise annealed to 0 over the run."""
+
+    def __init__(self, policy: tuple[str, ...] = (), instance_noise: float = 0.0):
+        self.policy, self.instance_noise = tuple(policy), instance_noise
+
+    def __call__(self, images: torch.Tensor, rng: torch.Generator, progress: float) -> torch.Tensor:
+        """Return images as D should see them; progress is the fraction of the run done, in [0, 1]."""
+        if self.policy:
+            images = diff_augment(images, self.policy, rng)
+        sigma = self.instance_noise * (1 - progress)
+        if sigma > 0:
+            images = images + sigma * torch.randn(images.shape, device=images.device, generator=rng, dtype=images.dtype)
+        return images
+
+    def observe(self, d_out: dict[str, torch.Tensor], average=None) -> None:
+        """Learn from D's outputs on one update (average: a function that means a tensor over the ranks)."""
+
+    def stats(self) -> dict[str, torch.Tensor]:
+        """Return the values to log (none for a fixed pipeline)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def to(self, device: torch.device) -> "Augment":
+        return self
+
+
+def build_augment(config: "AugmentConfig") -> Augment:
+    """Return the augmentation pipeline that config describes."""
+    check_policy(config.policy)
+    return Augment(config.policy, config.instance_noise)

@@ -166,10 +166,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     overrides.update({k: v for k, v in named.items() if v is not None})
     if args.data and not args.preset and not args.config and not args.resume:
         # The default preset is 32x32 gray digits: another source keeps its own size and colour unless set.
-        from .data.sources import NATIVE_SHAPE, parse_source
+        from .data.sources import SOURCES, parse_source
 
-        name = "digits" if args.data == "digits" else parse_source(args.data).name
-        resolution, channels = NATIVE_SHAPE.get(name, (64, 3))
+        name = parse_source(args.data).name
+        resolution, channels = SOURCES[name].native if name in SOURCES else (64, 3)
         overrides.setdefault("data.resolution", str(resolution))
         overrides.setdefault("data.channels", str(channels))
     if args.steps is not None:
@@ -192,16 +192,19 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.preset, args.config, overrides)
 
-    bar = None  # created at the first report, so that a failure before training prints only its message
+    bar, shown = None, None  # the bar appears with the first step, so a failure before training prints only its message
 
-    def progress(step: int, total: int, row: dict[str, float]) -> None:
-        nonlocal bar
-        if not args.quiet:
-            bar = bar or tqdm(total=total, unit="step", dynamic_ncols=True, desc="train")
-            bar.total = total
-            bar.n = step
-            bar.set_postfix_str(f"D {row['d_loss']:.3f}  G {row['g_loss']:.3f}  D(x) {row['d_real']:.2f}  "
-                                f"D(G(z)) {row['d_fake']:.2f}  {row['images_per_s']:.0f} img/s", refresh=True)
+    def progress(step: int, total: int, row: dict[str, float] | None) -> None:
+        nonlocal bar, shown
+        if args.quiet:
+            return
+        if bar is None:  # starts at the step training continues from: rate and ETA count this session's steps only
+            bar = tqdm(total=total, initial=step - 1, unit="step", dynamic_ncols=True, desc="train")
+        bar.update(step - bar.n)
+        if row is not None and row is not shown:
+            shown = row
+            bar.set_postfix_str(f"D {row['d_loss']:.3f}  G {row['g_loss']:.3f}  D(x) {row.get('d_real', 0):.2f}  "
+                                f"D(G(z)) {row.get('d_fake', 0):.2f}  {row['images_per_s']:.0f} img/s", refresh=False)
 
     log.info("training %s (%s, %s loss) on %s into %s", config.model.arch, config.description or "custom config",
              config.loss.name, config.data.source, out)
@@ -234,7 +237,7 @@ def _train(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from .generate import load_generator, to_pil
     from .monitor import save_grid
-    from .train import resolve_device
+    from .device import resolve_device
 
     if args.num <= 0:
         raise PurrganError("--num must be positive")
@@ -256,7 +259,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .metrics import parse_metrics
     from .metrics.evaluate import evaluate_paths, evaluate_run
     from .metrics.features import load_extractor
-    from .train import resolve_device
+    from .device import resolve_device
 
     names = parse_metrics(args.metrics)
     if (args.real is None) != (args.fake is None):
@@ -282,7 +285,7 @@ def _interpolate(args: argparse.Namespace) -> int:
     from .generate import interpolation_grid, latent_walk, load_generator
     from .gif import append_frame
     from .monitor import grid_image, save_grid
-    from .train import resolve_device
+    from .device import resolve_device
 
     if args.steps < 2 or args.rows < 1 or args.keyframes < 2:
         raise PurrganError("--steps must be at least 2, --rows at least 1 and --keyframes at least 2")
@@ -316,10 +319,9 @@ def _presets() -> int:
 def _data(args: argparse.Namespace) -> int:
     from .data import load_images
     from .data.download import cache_dir
-    from .data.sources import NATIVE_SHAPE, SOURCES, parse_source, verify_download
+    from .data.sources import SOURCES, parse_source, verify_download
 
     if args.data_command == "list":
-        print(f"{'digits':<14} built in: scikit-learn's 1,797 8x8 digits upscaled to 32x32 (BSD, ships with scikit-learn)")
         for name, source in SOURCES.items():
             print(f"{name:<14} {source.summary}; {source.size}; licence: {source.licence}")
         print(f"cache folder: {cache_dir()} (set PURRGAN_DATA to move it); any folder, .zip or .tar(.gz) path works too")
@@ -328,17 +330,12 @@ def _data(args: argparse.Namespace) -> int:
         for path in verify_download(args.name):
             log.info("%s is ready (%.1f MB)", path, path.stat().st_size / 1e6)
         return 0
-    if args.source == "digits":
-        size, channels = NATIVE_SHAPE["digits"]
-    else:
-        spec = parse_source(args.source)
-        size, channels = NATIVE_SHAPE.get(spec.name, (64, 3))
+    spec = parse_source(args.source)
+    size, channels = SOURCES[spec.name].native if spec.name in SOURCES else (64, 3)
     size, channels = args.size or size, args.channels or channels
     if args.data_command == "prepare":
         from .data.prepare import prepare
 
-        if args.source == "digits":
-            raise PurrganError("digits is built in and needs no preparing")
         path = prepare(spec, size, channels, Path(args.out) if args.out else None, force=args.force)
         log.info("prepared file: %s", path)
         return 0

@@ -1,14 +1,19 @@
-"""Typed run configuration: frozen dataclasses built from a TOML preset plus command-line overrides."""
+"""Typed run configuration: frozen dataclasses built from a TOML preset plus command-line overrides.
+
+This module knows the shape and the ranges of every value, and nothing about models or losses: the
+registries check their own names and requirements (`purrgan.state.check_config`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import typing
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -18,42 +23,47 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 from .errors import PurrganError
 
 DEFAULT_PRESET = "dcgan-digits"
+Names = tuple[str, ...]  # a TOML array of strings; the old comma-separated string still reads
+OptionValue = typing.Union[bool, int, float, str]
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "digits"  # "digits" (built in), a named set (`purrgan data list`) or a folder/archive path
+    source: str = "digits"  # a named set (`purrgan data list`; "digits" is built in) or a folder/archive/prepared path
     resolution: int = 32  # images are resized and centre-cropped to resolution x resolution
-    channels: int = 1  # 1 (grayscale) or 3 (RGB)
-    hflip: str = "auto"  # random horizontal flip: "auto" (on for folders, off for digits), "on", "off"
-    classes: str = ""  # keep only these classes of a labelled source, comma-separated names ("" = all)
+    channels: Literal[1, 3] = 1  # 1 (grayscale) or 3 (RGB)
+    hflip: Literal["auto", "on", "off"] = "auto"  # random horizontal flip; "auto" follows the data (off for digits/text)
+    classes: Names = ()  # keep only these classes of a labelled source (empty = all)
     val_fraction: float = 0.0  # images held out for evaluation (a fixed random subset); 0 = train on all
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "dcgan"
+    arch: str = "dcgan"  # see `purrgan.models.ARCHITECTURES`
     z_dim: int = 100
     g_width: int = 64  # ngf: channels of G's last hidden layer; earlier layers use multiples
     d_width: int = 64  # ndf: channels of D's first layer
-    conditional: str = "none"  # "none", "projection" (class-conditional G + projection D) or "per-class"
+    conditional: Literal["none", "projection", "per-class"] = "none"
     num_classes: int = 0  # filled in from the data set's labels when conditional
-    d_norm: str = "batch"  # dcgan's D normalisation: "batch" (the paper), "layer" or "none"
+    d_norm: Literal["batch", "layer", "none"] = "batch"  # dcgan's D normalisation ("layer"/"none" for a gradient penalty)
     d_spectral_norm: bool = False  # spectral norm on every layer of dcgan's D
+    options: dict[str, OptionValue] = field(default_factory=dict)  # architecture-specific, checked by the architecture
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    name: str = "bce"  # see purrgan.losses.LOSSES
-    gp_weight: float = 10.0  # lambda of the gradient penalty (losses that use one: wgan-gp)
+    name: str = "bce"  # see `purrgan.losses.LOSSES`
+    gp_weight: float = 10.0  # lambda of the gradient penalty (losses that declare one: wgan-gp)
     clip_value: float = 0.01  # weight clipping bound c (losses that clip: wgan)
-    r1_gamma: float = 0.0  # R1 penalty gamma/2 * |grad D(x)|^2 on real images (0 = off)
+    r1_gamma: float = 0.0  # R1: gamma/2 * |grad D(x)|^2 on real images (0 = off unless the loss declares it)
+    r2_gamma: float = 0.0  # R2: gamma/2 * |grad D(G(z))|^2 on generated images (0 = off)
+    reg_every: int = 1  # lazy regularisation: penalties every k D steps, weighted by k (StyleGAN2 uses 16)
     label_smoothing: float = 0.0  # one-sided: D's target for real images is 1 - this (bce, lsgan)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "adam"  # "adam" or "rmsprop" (the WGAN paper's)
+    name: Literal["adam", "rmsprop"] = "adam"  # rmsprop: the WGAN paper's
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     beta1: float = 0.5
@@ -64,7 +74,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    policy: str = ""  # DiffAugment (Zhao et al. 2020) for D's inputs, real and fake: any of color,translation,cutout
+    policy: Names = ()  # DiffAugment (Zhao et al. 2020) on everything D sees: any of color, translation, cutout
     instance_noise: float = 0.0  # std of Gaussian noise on D's inputs, annealed linearly to 0 over the run
 
 
@@ -83,20 +93,20 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms, for bit-exact resume on GPU
     ema: float = 0.0  # decay of the exponential moving average of G's weights (0 = off; 0.999 is typical)
     ema_start: int = 0  # step from which the average starts (before it, G_ema copies G)
-    logger: str = "tensorboard"  # "tensorboard", "wandb", both comma-separated, or "none" (metrics.csv is always written)
+    logger: Names = ("tensorboard",)  # any of tensorboard, wandb; or none (metrics.csv is always written)
     histogram_every: int = 500  # steps between weight and gradient histograms
     keep_checkpoints: int = 2  # last.safetensors plus this many - 1 older ones (last-1, ...), to fall back on
     nan_retries: int = 2  # on NaN/Inf: roll back to the last good checkpoint this many times, then stop
     nan_lr_factor: float = 0.5  # ... multiplying both learning rates by this at each roll-back (1 = unchanged)
-    amp: str = "auto"  # mixed precision: "auto" (bf16 on CUDA where supported, else fp16; off on CPU), "bf16", "fp16", "off"
-    channels_last: str = "auto"  # NHWC memory layout: "auto" (= on: faster with cuDNN and CPU oneDNN), "on", "off"
-    data_on_device: str = "auto"  # keep the uint8 data set on the GPU: "auto" (when it fits), "on", "off" (pinned streaming)
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # mixed precision; "auto": bf16/fp16 on CUDA, off on CPU
+    channels_last: Literal["auto", "on", "off", "true", "false"] = "auto"  # NHWC layout ("auto" = on)
+    data_on_device: Literal["auto", "on", "off"] = "auto"  # keep the uint8 data set on the GPU ("off": pinned streaming)
     sync_batchnorm: bool = False  # with several GPUs: BatchNorm statistics over the global batch (CUDA only)
     compile: bool = False  # torch.compile G and D (falls back to eager with a warning where it fails)
     eval_every: int = 0  # steps between metric evaluations during training (0 = never); keeps checkpoints/best by FID
     eval_num: int = 10000  # generated images per evaluation
-    eval_metrics: str = "fid"  # any of fid, kid, is, pr
-    eval_split: str = "train"  # real images to compare with: train, val (data.val_fraction) or all
+    eval_metrics: Names = ("fid",)  # any of fid, kid, is, pr
+    eval_split: Literal["train", "val", "all"] = "train"  # real images to compare with
     feature_extractor: str = "inception"  # "inception" (the standard FID network) or "package.module:factory"
     inception_weights: str = ""  # local copy of the FID Inception weights ("" = $PURRGAN_INCEPTION, cache, download)
 
@@ -114,28 +124,25 @@ class Config:
 
 _SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig,
                   "augment": AugmentConfig, "train": TrainConfig}
-_CHOICES = {
-    ("data", "hflip"): ("auto", "on", "off"),
-    ("data", "channels"): (1, 3),
-    ("model", "conditional"): ("none", "projection", "per-class"),
-    ("model", "d_norm"): ("batch", "layer", "none"),
-    ("optim", "name"): ("adam", "rmsprop"),
-    ("train", "eval_split"): ("train", "val", "all"),
-    ("train", "amp"): ("auto", "bf16", "fp16", "off"),
-    ("train", "channels_last"): ("auto", "on", "off", "true", "false"),
-    ("train", "data_on_device"): ("auto", "on", "off"),
-}
 _POSITIVE = {
     ("data", "resolution"), ("model", "z_dim"), ("model", "g_width"), ("model", "d_width"),
     ("optim", "lr_g"), ("optim", "lr_d"), ("train", "batch_size"), ("train", "log_every"),
     ("train", "sample_every"), ("train", "checkpoint_every"), ("train", "num_samples"),
     ("optim", "d_steps"), ("optim", "g_steps"), ("loss", "clip_value"), ("train", "histogram_every"),
-    ("train", "keep_checkpoints"), ("train", "nan_lr_factor"), ("train", "eval_num"),
+    ("train", "keep_checkpoints"), ("train", "nan_lr_factor"), ("train", "eval_num"), ("loss", "reg_every"),
 }
 _NON_NEGATIVE = {("train", "steps"), ("train", "epochs"), ("train", "seed"), ("model", "num_classes"),
-                 ("loss", "gp_weight"), ("loss", "r1_gamma"), ("augment", "instance_noise"), ("train", "ema_start"),
-                 ("train", "nan_retries"), ("train", "eval_every")}
-_FRACTIONS = {("loss", "label_smoothing"), ("train", "ema"), ("data", "val_fraction")}  # in [0, 1)
+                 ("loss", "gp_weight"), ("loss", "r1_gamma"), ("loss", "r2_gamma"), ("augment", "instance_noise"),
+                 ("train", "ema_start"), ("train", "nan_retries"), ("train", "eval_every")}
+_FRACTIONS = {("loss", "label_smoothing"), ("train", "ema"), ("data", "val_fraction"), ("optim", "beta1"),
+              ("optim", "beta2")}  # in [0, 1)
+_LIMITS = {  # upper bounds that keep values meaningful (and inside what torch accepts)
+    ("train", "seed"): 2 ** 63 - 1,  # torch's generators take 64-bit seeds; derived seeds wrap modulo 2^63
+    ("data", "resolution"): 1024, ("model", "z_dim"): 65536, ("model", "g_width"): 4096, ("model", "d_width"): 4096,
+    ("train", "batch_size"): 1 << 20, ("train", "num_samples"): 1024, ("optim", "d_steps"): 100, ("optim", "g_steps"): 100,
+    ("train", "steps"): 10 ** 9, ("train", "epochs"): 10 ** 6, ("train", "keep_checkpoints"): 1000,
+}
+_LOGGERS = ("tensorboard", "wandb", "none")
 
 
 # ---------------------------------------------------------------- presets
@@ -168,14 +175,14 @@ def preset_summary(name: str) -> str:
 
 def load_config(preset: str | None = None, config_file: str | Path | None = None,
                 overrides: dict[str, Any] | None = None) -> Config:
-    """Return the validated Config for a preset (or a TOML file) with dotted-key overrides applied."""
+    """Return the validated Config for a preset (or a TOML file) with dotted-key overrides applied.
+
+    Names that registries own (model.arch, loss.name) are checked by `purrgan.state.check_config`.
+    """
     if preset and config_file:
         raise PurrganError("give either --preset or --config, not both")
     if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise PurrganError(f"config file {path} does not exist")
-        raw = parse_toml(path.read_text(encoding="utf-8"), str(path))
+        raw = parse_toml(read_text(Path(config_file), "config file"), str(config_file))
     else:
         name = preset or DEFAULT_PRESET
         raw = parse_toml(preset_text(name), f"preset {name}")
@@ -186,12 +193,26 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
     return config
 
 
+def read_text(path: Path, what: str) -> str:
+    """Return a UTF-8 text file's contents, failing with one line when it is missing or not UTF-8."""
+    if not path.is_file():
+        raise PurrganError(f"{what} {path} does not exist")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise PurrganError(f"{what} {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except OSError as error:
+        raise PurrganError(f"cannot read {what} {path}: {error.strerror or error}") from None
+
+
 def parse_toml(text: str, origin: str) -> dict[str, Any]:
     """Return the parsed TOML, turning syntax errors into a one-line message with the line number."""
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise PurrganError(f"{origin} is not valid TOML: {error}") from None
+        raise PurrganError(f"{origin} is not valid TOML: {str(error).splitlines()[0]}") from None
+    except RecursionError:
+        raise PurrganError(f"{origin} is nested too deeply to be a config") from None
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
@@ -216,18 +237,24 @@ def from_dict(raw: dict[str, Any]) -> Config:
 
 
 def set_value(config: Config, dotted: str, value: Any) -> Config:
-    """Return a copy of config with section.key set to value (a string from the CLI is parsed)."""
+    """Return a copy of config with section.key set to value (a string from the CLI is parsed).
+
+    `model.options.NAME=VALUE` sets one architecture option.
+    """
     section, _, key = dotted.partition(".")
     if section not in _SECTION_TYPES or not key:
         raise PurrganError(f"bad key '{dotted}'; use section.key with a section among: {', '.join(_SECTION_TYPES)}")
+    if section == "model" and key.startswith("options."):
+        name = key.removeprefix("options.")
+        options = {**config.model.options, name: _parse_option(value) if isinstance(value, str) else value}
+        return replace(config, model=replace(config.model, options=_coerce("model", "options", options, ModelConfig)))
     cls = _SECTION_TYPES[section]
     coerced = _coerce(section, key, value, cls)
     return replace(config, **{section: replace(getattr(config, section), **{key: coerced})})
 
 
-def _field_type(cls: type, key: str) -> type:
-    hints = typing.get_type_hints(cls)
-    return hints[key]
+def _field_type(cls: type, key: str) -> Any:
+    return typing.get_type_hints(cls)[key]
 
 
 def _coerce(section: str, key: str, value: Any, cls: type) -> Any:
@@ -235,6 +262,27 @@ def _coerce(section: str, key: str, value: Any, cls: type) -> Any:
     if key not in valid:
         raise PurrganError(f"unknown key '{section}.{key}'; valid keys in [{section}]: {', '.join(valid)}")
     kind = _field_type(cls, key)
+    name = f"'{section}.{key}'"
+    if typing.get_origin(kind) is Literal:
+        allowed = typing.get_args(kind)
+        if isinstance(value, str) and all(isinstance(a, int) for a in allowed):
+            value = _parse_scalar(section, key, value, int)
+        if isinstance(value, bool) or value not in allowed:
+            raise PurrganError(f"{name} is {value!r}; allowed values: {', '.join(map(str, allowed))}")
+        return value
+    if kind == Names:
+        if isinstance(value, str):  # "color,translation" as written by purrgan 0.1
+            value = [part.strip() for part in value.split(",")]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise PurrganError(f"{name} must be a list of names, e.g. [\"a\", \"b\"], got {value!r}")
+        return tuple(v.strip() for v in value if v.strip())
+    if typing.get_origin(kind) is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise PurrganError(f"{name} must be a table of name = value, got {value!r}")
+        for option, item in value.items():
+            if not isinstance(item, (bool, int, float, str)) or (isinstance(item, float) and not math.isfinite(item)):
+                raise PurrganError(f"'{section}.{key}.{option}' must be a number, a string or true/false, got {item!r}")
+        return dict(value)
     if isinstance(value, str) and kind is not str:
         value = _parse_scalar(section, key, value, kind)
     ok = (
@@ -244,8 +292,14 @@ def _coerce(section: str, key: str, value: Any, cls: type) -> Any:
         or (kind is str and isinstance(value, str))
     )
     if not ok:
-        raise PurrganError(f"'{section}.{key}' must be {kind.__name__}, got {value!r}")
-    return float(value) if kind is float else value
+        raise PurrganError(f"{name} must be {kind.__name__}, got {value!r}")
+    if kind is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise PurrganError(f"{name} must be a finite number, got {value}")
+    if kind is str and "\x00" in value:
+        raise PurrganError(f"{name} contains a NUL character")
+    return value
 
 
 def _parse_scalar(section: str, key: str, text: str, kind: type) -> Any:
@@ -258,19 +312,25 @@ def _parse_scalar(section: str, key: str, text: str, kind: type) -> Any:
                 return False
             raise ValueError
         return kind(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise PurrganError(f"'{section}.{key}' must be {kind.__name__}, got '{text}'") from None
+
+
+def _parse_option(text: str) -> OptionValue:
+    # An architecture option from the command line: true/false, an int, a float, else the text itself.
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def validate(config: Config) -> None:
     """Raise PurrganError naming the first value that is out of its allowed range."""
-    from .losses import LOSSES
-    from .models import ARCHITECTURES
-
-    for (section, key), allowed in _CHOICES.items():
-        value = getattr(getattr(config, section), key)
-        if value not in allowed:
-            raise PurrganError(f"'{section}.{key}' is {value!r}; allowed values: {', '.join(map(str, allowed))}")
     for section, key in _POSITIVE:
         if getattr(getattr(config, section), key) <= 0:
             raise PurrganError(f"'{section}.{key}' must be positive")
@@ -280,36 +340,22 @@ def validate(config: Config) -> None:
     for section, key in _FRACTIONS:
         if not 0 <= getattr(getattr(config, section), key) < 1:
             raise PurrganError(f"'{section}.{key}' must be at least 0 and below 1")
+    for (section, key), limit in _LIMITS.items():
+        if getattr(getattr(config, section), key) > limit:
+            raise PurrganError(f"'{section}.{key}' is {getattr(getattr(config, section), key)}; the most it can be is {limit}")
     if config.train.steps == 0 and config.train.epochs == 0:
         raise PurrganError("set train.steps or train.epochs to a positive number")
-    if config.model.arch not in ARCHITECTURES:
-        raise PurrganError(f"unknown model.arch '{config.model.arch}'; choose one of: {', '.join(ARCHITECTURES)}")
-    ARCHITECTURES[config.model.arch].check(config)
-    if config.loss.name not in LOSSES:
-        raise PurrganError(f"unknown loss.name '{config.loss.name}'; choose one of: {', '.join(LOSSES)}")
-    if LOSSES[config.loss.name].gradient_penalty and discriminator_has_batchnorm(config):
-        raise PurrganError(f"loss '{config.loss.name}' uses a gradient penalty, which BatchNorm in the critic breaks; "
-                           f"set model.d_norm = \"layer\" or \"none\" (or use an architecture without BatchNorm in D)")
-    from .augment import check_policy
-    from .loggers import parse_loggers
-    check_policy(config.augment.policy)
-    parse_loggers(config.train.logger)
-    if config.train.eval_every:
-        from .metrics import parse_metrics
-        parse_metrics(config.train.eval_metrics)
+    for name in config.train.logger:
+        if name not in _LOGGERS:
+            raise PurrganError(f"unknown logger '{name}'; use any of: {', '.join(_LOGGERS)} (comma-separated)")
     device = config.train.device
-    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise PurrganError(f"'train.device' is '{device}'; allowed values: auto, cpu, cuda, cuda:N")
 
 
-def discriminator_has_batchnorm(config: Config) -> bool:
-    """Return whether config's discriminator contains BatchNorm (built at a tiny width to find out)."""
-    from torch import nn
-
-    from .models import build_discriminator
-
-    probe = replace(config, model=replace(config.model, d_width=2, num_classes=max(config.model.num_classes, 2)))
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in build_discriminator(probe).modules())
+def active_loggers(config: Config) -> list[str]:
+    """Return the logger names to use ("none" dropped)."""
+    return [name for name in config.train.logger if name != "none"]
 
 
 # ---------------------------------------------------------------- saving
@@ -336,5 +382,15 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }" if value else "{}"
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    text = "".join(ch if ch.isprintable() else f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}"
+                   for ch in text)
     return f'"{text}"'
+
+
+def _toml_key(key: str) -> str:
+    return key if key and all(ch.isalnum() or ch in "_-" for ch in key) else _toml_value(key)

@@ -165,6 +165,25 @@ def latent_walk(generator: TrainedGenerator, count: int, keyframes: int, steps: 
     return frames
 
 
+def fixed_noise(config, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Return a run's fixed latents and labels (classes in turn), the same for every grid and resume."""
+    generator = torch.Generator().manual_seed(config.train.seed)
+    z = torch.randn(config.train.num_samples, config.model.z_dim, generator=generator)
+    labels = torch.arange(config.train.num_samples) % max(config.model.num_classes, 1)
+    return z.to(device), labels.to(device)
+
+
+@torch.no_grad()
+def sample_fixed(network: nn.Module, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Return network(z, labels) in eval mode (BatchNorm running statistics) on the CPU, restoring its mode afterwards."""
+    was_training = network.training
+    network.eval()
+    try:
+        return network(z, labels).float().cpu()
+    finally:
+        network.train(was_training)
+
+
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """Return one PIL image per image of a batch in [-1, 1] (N, C, H, W)."""
     arrays = to_uint8(images).cpu().permute(0, 2, 3, 1).numpy()  # (N, H, W, C)

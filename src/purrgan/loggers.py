@@ -19,12 +19,13 @@ class Logger(Protocol):
     def image(self, step: int, tag: str, image: Image.Image) -> None: ...
     def histograms(self, step: int, tensors: dict[str, torch.Tensor]) -> None: ...
     def text(self, step: int, tag: str, text: str) -> None: ...
+    def rewind(self, step: int) -> None: ...
     def close(self) -> None: ...
 
 
-def parse_loggers(text: str) -> list[str]:
-    """Return the logger names of "tensorboard,wandb" (or "none"), failing on an unknown one."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
+def parse_loggers(names) -> list[str]:
+    """Return the logger names of ("tensorboard", "wandb") or "tensorboard,wandb" ("none" dropped), failing on an unknown one."""
+    names = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
     for name in names:
         if name not in LOGGERS:
             raise PurrganError(f"unknown logger '{name}'; use any of: {', '.join(LOGGERS)} (comma-separated)")
@@ -32,13 +33,18 @@ def parse_loggers(text: str) -> list[str]:
 
 
 class TensorBoardLogger:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, resume_step: int = 0):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise PurrganError("the tensorboard logger needs the tensorboard package: pip install tensorboard, "
                                "or use --logger none") from None
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.SummaryWriter, self.folder = SummaryWriter, str(run_dir / "tensorboard")
+        self.writer = self._open(resume_step)
+
+    def _open(self, step: int):
+        # purge_step: TensorBoard hides the events a crashed or rolled-back run logged after the step it continues from.
+        return self.SummaryWriter(log_dir=self.folder, purge_step=step + 1 if step else None)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():
@@ -56,20 +62,29 @@ class TensorBoardLogger:
     def text(self, step: int, tag: str, text: str) -> None:
         self.writer.add_text(tag, text, step)
 
+    def rewind(self, step: int) -> None:
+        self.writer.close()
+        self.writer = self._open(step)
+
     def close(self) -> None:
         self.writer.close()
 
 
 class WandbLogger:
-    def __init__(self, run_dir: Path, config: dict):
+    def __init__(self, run_dir: Path, config: dict, resume_step: int = 0):
         try:
             import wandb
         except ImportError:
             raise PurrganError("the wandb logger needs wandb: pip install 'purrgan[wandb]' (set WANDB_MODE=offline "
                                "to log without an account)") from None
         self.wandb = wandb
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "purrgan"), name=run_dir.name, dir=str(run_dir),
-                              config=config, mode=os.environ.get("WANDB_MODE"), resume="allow")
+        try:
+            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "purrgan"), name=run_dir.name, dir=str(run_dir),
+                                  config=config, mode=os.environ.get("WANDB_MODE"), resume="allow")
+        except Exception as error:  # noqa: BLE001 - wandb raises its own types for login, network and quota
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise PurrganError(f"wandb could not start ({first}); run `wandb login`, or set WANDB_MODE=offline to log "
+                               f"without an account, or use --logger tensorboard") from None
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         self.run.log(values, step=step)
@@ -83,13 +98,16 @@ class WandbLogger:
     def text(self, step: int, tag: str, text: str) -> None:
         self.run.log({tag: text}, step=step)
 
+    def rewind(self, step: int) -> None:
+        pass  # wandb keeps its history; it ignores steps it has already seen
+
     def close(self) -> None:
         self.run.finish()
 
 
-def make_loggers(names: list[str], run_dir: Path, config: dict) -> list[Logger]:
-    """Return the loggers named, each writing into run_dir."""
+def make_loggers(names: list[str], run_dir: Path, config: dict, resume_step: int = 0) -> list[Logger]:
+    """Return the loggers named, each writing into run_dir (wandb first: it is the one that can refuse to start)."""
     made: list[Logger] = []
-    for name in names:
-        made.append(TensorBoardLogger(run_dir) if name == "tensorboard" else WandbLogger(run_dir, config))
+    for name in sorted(names, key=lambda n: n != "wandb"):
+        made.append(WandbLogger(run_dir, config, resume_step) if name == "wandb" else TensorBoardLogger(run_dir, resume_step))
     return made

@@ -1,91 +1,130 @@
-"""GAN losses as plain functions of D and image batches, and the regularisers; registered in LOSSES at the bottom.
+"""GAN losses and their regularisers, registered by name in LOSSES at the bottom.
 
-A D loss is `(discriminator, real, fake, labels, options) -> dict`, a G loss `(discriminator, fake,
-labels, options) -> dict`; the first entry ("loss") is what to backpropagate, the rest what the logger
-shows: d_loss_real and d_loss_fake (D's loss on each half), d_real and d_fake (mean D(x) and D(G(z)):
-probabilities for bce, raw scores otherwise). Losses never call backward() or step an optimiser.
+A loss is a pair of plain functions of D and one batch record (`Batch`: real, fake, labels, z):
+`(discriminator, batch, options) -> dict`. The first entry ("loss") is what to backpropagate; the
+other 0-dim entries are what the logger shows (d_loss_real, d_loss_fake, d_real, d_fake: mean D(x)
+and D(G(z)), probabilities for bce and raw scores otherwise); 1-dim entries "real_scores" and
+"fake_scores" are D's raw outputs, kept for the regularisers and adaptive augmentation.
+
+Each loss declares its regularisers (`Regulariser`: a weighted penalty on D's or G's side, run every
+`every` steps as in StyleGAN2's lazy regularisation, or a constraint applied after the optimiser
+step) and checks its own requirements. Losses never call backward() or step an optimiser.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import PurrganError
+
 if TYPE_CHECKING:
-    from .config import LossConfig
+    from .config import Config, LossConfig
 
 LossDict = dict[str, torch.Tensor]
 
 
-def _report(loss_real: torch.Tensor, loss_fake: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> LossDict:
+@dataclass(frozen=True)
+class Batch:
+    """One update's inputs: what D sees (augmented), the class labels and the latents behind the fakes."""
+    real: torch.Tensor  # (N, C, H, W) in [-1, 1]
+    fake: torch.Tensor  # (N, C, H, W): detached for D's update, carrying G's graph for G's update
+    labels: torch.Tensor | None = None  # (N,) class indices, or None
+    z: torch.Tensor | None = None  # (N, z_dim)
+
+
+@dataclass(frozen=True)
+class Regulariser:
+    """A penalty added to one side's loss (weight * penalty, every `every` steps, scaled by every), or a constraint."""
+    name: str  # also the logged name, e.g. "r1_penalty"
+    side: Literal["D", "G"]
+    weight: float
+    every: int = 1
+    penalty: Callable[[nn.Module, Batch, LossDict, torch.Generator | None], torch.Tensor] | None = None
+    needs_grad: Literal["real", "fake", None] = None  # the batch input the penalty differentiates D with respect to
+    constraint: Callable[[nn.Module, float], None] | None = None  # applied after the side's optimiser step
+
+    def due(self, step: int) -> bool:
+        return self.penalty is not None and self.weight > 0 and step % self.every == 0
+
+
+def _report(loss_real: torch.Tensor, loss_fake: torch.Tensor, real_scores: torch.Tensor, fake_scores: torch.Tensor,
+            shown_real: torch.Tensor | None = None, shown_fake: torch.Tensor | None = None) -> LossDict:
+    shown_real = real_scores if shown_real is None else shown_real
+    shown_fake = fake_scores if shown_fake is None else shown_fake
     return {"loss": loss_real + loss_fake, "d_loss_real": loss_real.detach(), "d_loss_fake": loss_fake.detach(),
-            "d_real": real.mean().detach(), "d_fake": fake.mean().detach()}
+            "d_real": shown_real.mean().detach(), "d_fake": shown_fake.mean().detach(),
+            "real_scores": real_scores, "fake_scores": fake_scores}
+
+
+def _scores(discriminator: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    return discriminator(batch.real, batch.labels).float(), discriminator(batch.fake, batch.labels).float()
 
 
 # ---------------------------------------------------------------- bce (Goodfellow et al. 2014)
 
 
-def bce_d(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels, options: "LossConfig") -> LossDict:
+def bce_d(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
     """Return D's loss -log D(x) - log(1 - D(G(z))), with one-sided label smoothing of the real target."""
-    real_logits, fake_logits = discriminator(real, labels).float(), discriminator(fake, labels).float()
-    target = torch.full_like(real_logits, 1.0 - options.label_smoothing)
-    loss_real = F.binary_cross_entropy_with_logits(real_logits, target)
-    loss_fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-    return _report(loss_real, loss_fake, torch.sigmoid(real_logits), torch.sigmoid(fake_logits))
+    real, fake = _scores(discriminator, batch)
+    target = torch.full_like(real, 1.0 - options.label_smoothing)
+    loss_real = F.binary_cross_entropy_with_logits(real, target)
+    loss_fake = F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+    return _report(loss_real, loss_fake, real, fake, torch.sigmoid(real), torch.sigmoid(fake))
 
 
-def bce_g(discriminator: nn.Module, fake: torch.Tensor, labels, options: "LossConfig") -> LossDict:
+def bce_g(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
     """Return G's non-saturating loss -log D(G(z)) (the one used in practice, Goodfellow et al. section 3)."""
-    fake_logits = discriminator(fake, labels).float()
-    return {"loss": F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))}
+    fake = discriminator(batch.fake, batch.labels).float()
+    return {"loss": F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))}
 
 
-def bce_saturating_g(discriminator: nn.Module, fake: torch.Tensor, labels, options: "LossConfig") -> LossDict:
+def bce_saturating_g(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
     """Return G's original minimax loss log(1 - D(G(z))), whose gradient vanishes when D wins (for teaching)."""
-    fake_logits = discriminator(fake, labels).float()
-    return {"loss": -F.softplus(fake_logits).mean()}  # log(1 - sigmoid(l)) = -softplus(l)
+    fake = discriminator(batch.fake, batch.labels).float()
+    return {"loss": -F.softplus(fake).mean()}  # log(1 - sigmoid(l)) = -softplus(l)
 
 
 # ---------------------------------------------------------------- Wasserstein (Arjovsky et al. 2017)
 
 
-def wgan_d(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels, options: "LossConfig") -> LossDict:
+def wgan_d(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
     """Return the critic's loss E[D(G(z))] - E[D(x)] (minus the Wasserstein estimate)."""
-    real_scores, fake_scores = discriminator(real, labels).float(), discriminator(fake, labels).float()
-    return _report(-real_scores.mean(), fake_scores.mean(), real_scores, fake_scores)
+    real, fake = _scores(discriminator, batch)
+    return _report(-real.mean(), fake.mean(), real, fake)
 
 
-def wgan_g(discriminator: nn.Module, fake: torch.Tensor, labels, options: "LossConfig") -> LossDict:
+def wgan_g(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
     """Return G's loss -E[D(G(z))]."""
-    return {"loss": -discriminator(fake, labels).float().mean()}
+    return {"loss": -discriminator(batch.fake, batch.labels).float().mean()}
 
 
 # ---------------------------------------------------------------- hinge (Lim & Ye 2017; Miyato et al. 2018)
 
 
-def hinge_d(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels, options: "LossConfig") -> LossDict:
+def hinge_d(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
     """Return D's hinge loss E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))]."""
-    real_scores, fake_scores = discriminator(real, labels).float(), discriminator(fake, labels).float()
-    return _report(F.relu(1 - real_scores).mean(), F.relu(1 + fake_scores).mean(), real_scores, fake_scores)
+    real, fake = _scores(discriminator, batch)
+    return _report(F.relu(1 - real).mean(), F.relu(1 + fake).mean(), real, fake)
 
 
 # ---------------------------------------------------------------- least squares (Mao et al. 2017)
 
 
-def lsgan_d(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels, options: "LossConfig") -> LossDict:
+def lsgan_d(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
     """Return D's loss 1/2 E[(D(x) - 1)^2] + 1/2 E[D(G(z))^2] (the 0-1 coding of the LSGAN paper)."""
-    real_scores, fake_scores = discriminator(real, labels).float(), discriminator(fake, labels).float()
+    real, fake = _scores(discriminator, batch)
     target = 1.0 - options.label_smoothing
-    return _report(0.5 * ((real_scores - target) ** 2).mean(), 0.5 * (fake_scores ** 2).mean(), real_scores, fake_scores)
+    return _report(0.5 * ((real - target) ** 2).mean(), 0.5 * (fake ** 2).mean(), real, fake)
 
 
-def lsgan_g(discriminator: nn.Module, fake: torch.Tensor, labels, options: "LossConfig") -> LossDict:
+def lsgan_g(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
     """Return G's loss 1/2 E[(D(G(z)) - 1)^2]."""
-    return {"loss": 0.5 * ((discriminator(fake, labels).float() - 1) ** 2).mean()}
+    return {"loss": 0.5 * ((discriminator(batch.fake, batch.labels).float() - 1) ** 2).mean()}
 
 
 # ---------------------------------------------------------------- regularisers
@@ -101,32 +140,30 @@ def gradient_penalty(discriminator: nn.Module, real: torch.Tensor, fake: torch.T
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
+def zero_centred_penalty(discriminator: nn.Module, images: torch.Tensor, labels, scores: torch.Tensor | None = None) -> torch.Tensor:
+    """Return E[|grad D(x)|^2] at images; reuses scores = D(images) when images already require grad."""
+    if scores is None or not images.requires_grad:
+        images = images.detach().requires_grad_(True)
+        scores = discriminator(images, labels).float()
+    (grad,) = torch.autograd.grad(scores.sum(), images, create_graph=True)
+    return grad.flatten(1).float().pow(2).sum(dim=1).mean()
+
+
 def r1_penalty(discriminator: nn.Module, real: torch.Tensor, labels) -> torch.Tensor:
     """Return E[|grad D(x)|^2] on real images (Mescheder et al. 2018)."""
-    real = real.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(discriminator(real, labels).float().sum(), real, create_graph=True)
-    return grad.flatten(1).pow(2).sum(dim=1).mean()
+    return zero_centred_penalty(discriminator, real, labels)
 
 
-def discriminator_loss(options: "LossConfig", discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                       labels=None, generator: torch.Generator | None = None) -> LossDict:
-    """Return the configured D loss plus its regularisers (gradient penalty, R1), each also reported."""
-    spec = LOSSES[options.name]
-    out = spec.discriminator(discriminator, real, fake, labels, options)
-    if spec.gradient_penalty:
-        penalty = gradient_penalty(discriminator, real, fake, labels, generator)
-        out["loss"] = out["loss"] + options.gp_weight * penalty
-        out["gradient_penalty"] = penalty.detach()
-    if options.r1_gamma > 0:
-        penalty = r1_penalty(discriminator, real, labels)
-        out["loss"] = out["loss"] + options.r1_gamma / 2 * penalty
-        out["r1_penalty"] = penalty.detach()
-    return out
+def _r1(discriminator: nn.Module, batch: Batch, out: LossDict, rng) -> torch.Tensor:
+    return zero_centred_penalty(discriminator, batch.real, batch.labels, out.get("real_scores"))
 
 
-def generator_loss(options: "LossConfig", discriminator: nn.Module, fake: torch.Tensor, labels=None) -> LossDict:
-    """Return the configured G loss."""
-    return LOSSES[options.name].generator(discriminator, fake, labels, options)
+def _r2(discriminator: nn.Module, batch: Batch, out: LossDict, rng) -> torch.Tensor:
+    return zero_centred_penalty(discriminator, batch.fake, batch.labels, out.get("fake_scores"))
+
+
+def _gp(discriminator: nn.Module, batch: Batch, out: LossDict, rng) -> torch.Tensor:
+    return gradient_penalty(discriminator, batch.real, batch.fake, batch.labels, rng)
 
 
 @torch.no_grad()
@@ -136,20 +173,120 @@ def clip_weights(discriminator: nn.Module, bound: float) -> None:
         parameter.clamp_(-bound, bound)
 
 
+def r1(options: "LossConfig") -> Regulariser:
+    """R1 (Mescheder et al. 2018): gamma/2 * E|grad D(x)|^2 on real images."""
+    return Regulariser("r1_penalty", "D", options.r1_gamma / 2, options.reg_every, _r1, needs_grad="real")
+
+
+def r2(options: "LossConfig") -> Regulariser:
+    """R2 (Roth et al. 2017; Huang et al. 2025): gamma/2 * E|grad D(G(z))|^2 on generated images."""
+    return Regulariser("r2_penalty", "D", options.r2_gamma / 2, options.reg_every, _r2, needs_grad="fake")
+
+
+def gp(options: "LossConfig") -> Regulariser:
+    """The WGAN-GP penalty, lambda * E[(|grad D(x_hat)| - 1)^2]."""
+    return Regulariser("gradient_penalty", "D", options.gp_weight, options.reg_every, _gp)
+
+
+def clipping(options: "LossConfig") -> Regulariser:
+    """WGAN's weight clipping to [-c, c] after every critic step."""
+    return Regulariser("weight_clipping", "D", options.clip_value, 1, constraint=clip_weights)
+
+
+# ---------------------------------------------------------------- requirements
+
+
+def no_batchnorm_in_d(name: str) -> Callable[["Config", nn.Module], None]:
+    """Return a check that D has no BatchNorm, which mixes the samples a gradient penalty takes apart."""
+    def check(config: "Config", discriminator: nn.Module) -> None:
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in discriminator.modules()):
+            raise PurrganError(f"loss '{config.loss.name}' uses {name}, which BatchNorm in the critic breaks; "
+                               f"set model.d_norm = \"layer\" or \"none\" (or use an architecture without BatchNorm in D)")
+    return check
+
+
+# ---------------------------------------------------------------- the registry entry and how the step uses it
+
+
 @dataclass(frozen=True)
 class Loss:
-    discriminator: Callable[..., LossDict]
-    generator: Callable[..., LossDict]
+    discriminator: Callable[[nn.Module, Batch, "LossConfig"], LossDict]
+    generator: Callable[[nn.Module, Batch, "LossConfig"], LossDict]
     summary: str
-    gradient_penalty: bool = False  # add options.gp_weight * gradient_penalty to D's loss
-    clip: bool = False  # clamp D's weights to +-options.clip_value after each D step
+    declares: tuple[Callable[["LossConfig"], Regulariser], ...] = ()  # regularisers that belong to the loss itself
+    requires: tuple[Callable[["Config", nn.Module], None], ...] = field(default=())
+
+    def regularisers(self, options: "LossConfig") -> list[Regulariser]:
+        """Return the loss's own regularisers plus R1/R2 wherever their gamma is set."""
+        own = [declare(options) for declare in self.declares]
+        names = {r.name for r in own}
+        extra = [make(options) for make, gamma in ((r1, options.r1_gamma), (r2, options.r2_gamma)) if gamma > 0]
+        return own + [r for r in extra if r.name not in names]
+
+    def check(self, config: "Config", discriminator: nn.Module) -> None:
+        """Raise PurrganError when config (with a probe of its D) breaks one of this loss's requirements."""
+        for requirement in self.requires:
+            requirement(config, discriminator)
+
+    @property
+    def clip(self) -> bool:  # purrgan 0.1's names, kept for callers that ask
+        return clipping in self.declares
+
+    @property
+    def gradient_penalty(self) -> bool:
+        return gp in self.declares
+
+
+def d_objective(loss: Loss, options: "LossConfig", discriminator: nn.Module, batch: Batch, step: int,
+                rng: torch.Generator | None = None) -> LossDict:
+    """Return D's loss for this step plus every D penalty that is due (weight * every * penalty), each also reported."""
+    due = [r for r in loss.regularisers(options) if r.side == "D" and r.due(step)]
+    for wanted in {r.needs_grad for r in due} - {None}:  # differentiate D's own forward instead of running it again
+        batch = replace(batch, **{wanted: getattr(batch, wanted).detach().requires_grad_(True)})
+    out = loss.discriminator(discriminator, batch, options)
+    for regulariser in due:
+        value = regulariser.penalty(discriminator, batch, out, rng)
+        out["loss"] = out["loss"] + regulariser.weight * regulariser.every * value
+        out[regulariser.name] = value.detach()
+    return out
+
+
+def g_objective(loss: Loss, options: "LossConfig", discriminator: nn.Module, batch: Batch, step: int,
+                rng: torch.Generator | None = None) -> LossDict:
+    """Return G's loss for this step plus every G penalty that is due."""
+    out = loss.generator(discriminator, batch, options)
+    for regulariser in (r for r in loss.regularisers(options) if r.side == "G" and r.due(step)):
+        value = regulariser.penalty(discriminator, batch, out, rng)
+        out["loss"] = out["loss"] + regulariser.weight * regulariser.every * value
+        out[regulariser.name] = value.detach()
+    return out
+
+
+def apply_constraints(loss: Loss, options: "LossConfig", side: str, module: nn.Module) -> None:
+    """Apply the side's constraints (weight clipping) after its optimiser step."""
+    for regulariser in loss.regularisers(options):
+        if regulariser.side == side and regulariser.constraint is not None:
+            regulariser.constraint(module, regulariser.weight)
+
+
+def discriminator_loss(options: "LossConfig", discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                       labels=None, generator: torch.Generator | None = None) -> LossDict:
+    """Return the configured D loss with all its penalties on one batch (a convenience outside the loop)."""
+    return d_objective(LOSSES[options.name], options, discriminator, Batch(real, fake, labels), 0, generator)
+
+
+def generator_loss(options: "LossConfig", discriminator: nn.Module, fake: torch.Tensor, labels=None,
+                   real: torch.Tensor | None = None) -> LossDict:
+    """Return the configured G loss on one batch (relativistic losses also need the real batch)."""
+    return g_objective(LOSSES[options.name], options, discriminator, Batch(real, fake, labels), 0)
 
 
 LOSSES: dict[str, Loss] = {
     "bce": Loss(bce_d, bce_g, "non-saturating GAN loss, BCE on logits (Goodfellow et al. 2014; the DCGAN default)"),
     "bce-saturating": Loss(bce_d, bce_saturating_g, "the original minimax loss log(1 - D(G(z))) for G (for teaching)"),
-    "wgan": Loss(wgan_d, wgan_g, "Wasserstein loss with weight clipping (Arjovsky et al. 2017)", clip=True),
-    "wgan-gp": Loss(wgan_d, wgan_g, "Wasserstein loss with gradient penalty (Gulrajani et al. 2017)", gradient_penalty=True),
+    "wgan": Loss(wgan_d, wgan_g, "Wasserstein loss with weight clipping (Arjovsky et al. 2017)", declares=(clipping,)),
+    "wgan-gp": Loss(wgan_d, wgan_g, "Wasserstein loss with gradient penalty (Gulrajani et al. 2017)", declares=(gp,),
+                    requires=(no_batchnorm_in_d("a gradient penalty"),)),
     "hinge": Loss(hinge_d, wgan_g, "hinge loss (Lim & Ye 2017; SNGAN, BigGAN)"),
     "lsgan": Loss(lsgan_d, lsgan_g, "least-squares GAN (Mao et al. 2017)"),
 }

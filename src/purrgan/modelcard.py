@@ -32,7 +32,7 @@ def write_model_card(generator, path: Path, run_dir: Path | None = None, export_
         f"- weights: {'exponential moving average of G' if generator.uses_ema else 'G as trained'}",
         "",
         "## Training",
-        f"- data: `{config.data.source}`" + (f", classes {config.data.classes}" if config.data.classes else ""),
+        f"- data: `{config.data.source}`" + (f", classes {', '.join(config.data.classes)}" if config.data.classes else ""),
         f"- steps: {generator.step} generator updates, batch size {config.train.batch_size}",
         f"- loss: {config.loss.name}; optimiser: {config.optim.name}, lr G {config.optim.lr_g:g} / D {config.optim.lr_d:g}",
         "",

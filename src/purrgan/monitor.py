@@ -1,4 +1,9 @@
-"""What a run shows while it trains: the metrics files, loggers, sample grids, the GIF, loss.png and warnings."""
+"""What a run shows while it trains: the metrics files, loggers, sample grids, the GIF, loss.png and warnings.
+
+Statistics are open-ended: whatever name a loss, a regulariser or the augmentation reports becomes a
+column of metrics.csv and a TensorBoard tag. Everything the monitor writes can be rewound to a step
+(a NaN roll-back or a resume), so no row or frame is ever duplicated.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +21,19 @@ from .data import to_uint8
 
 log = logging.getLogger(__name__)
 
-METRIC_FIELDS = ["step", "epoch", "d_loss", "g_loss", "d_loss_real", "d_loss_fake", "d_real", "d_fake",
-                 "gradient_penalty", "r1_penalty", "images_per_s", "elapsed_s"]
+FIRST_FIELDS = ["step", "epoch", "d_loss", "g_loss", "d_loss_real", "d_loss_fake", "d_real", "d_fake"]
+LAST_FIELDS = ["images_per_s", "elapsed_s"]
+TAGS = {"g_loss": "loss/g", "d_loss": "loss/d", "d_loss_real": "loss/d_real", "d_loss_fake": "loss/d_fake",
+        "d_real": "d_output/real", "d_fake": "d_output/fake", "images_per_s": "speed/images_per_s"}
+
+
+def tag(name: str) -> str:
+    """Return the logger tag of a statistic: the classic names keep their tags, penalties go under loss/."""
+    if name in TAGS:
+        return TAGS[name]
+    if "/" in name:
+        return name
+    return f"loss/{name}" if name.endswith(("_penalty", "_loss")) else f"train/{name}"
 
 
 def grid_image(images: torch.Tensor, nrow: int | None = None) -> Image.Image:
@@ -34,59 +50,78 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> Path
     return path
 
 
-class MetricsWriter:
-    """Appends one row per logged step to metrics.csv and metrics.jsonl (the source of truth)."""
+# ---------------------------------------------------------------- metrics files
 
-    def __init__(self, run_dir: Path, resume_step: int = 0):
-        self.csv_path, self.jsonl_path = run_dir / "metrics.csv", run_dir / "metrics.jsonl"
-        # On resume, drop rows logged after the checkpoint so the file reads as one uninterrupted run.
-        self._truncate_after(resume_step)
-        new_csv = not self.csv_path.exists()
-        self._csv = open(self.csv_path, "a", newline="", encoding="utf-8")
-        self._writer = csv.DictWriter(self._csv, fieldnames=METRIC_FIELDS, extrasaction="ignore")
-        if new_csv:
-            self._writer.writeheader()
-        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
 
-    def _truncate_after(self, step: int) -> None:
-        if self.jsonl_path.exists():
-            rows = [json.loads(line) for line in self.jsonl_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            kept = [row for row in rows if row.get("step", 0) <= step]
-            self.jsonl_path.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
-        if self.csv_path.exists():
-            with open(self.csv_path, newline="", encoding="utf-8") as handle:
-                rows = list(csv.DictReader(handle))
-            with open(self.csv_path, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(row for row in rows if int(row["step"]) <= step)
-
-    def write(self, row: dict[str, float]) -> None:
-        self._writer.writerow({k: _round(v) for k, v in row.items()})
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._csv.flush()
-        self._jsonl.flush()
-
-    def close(self) -> None:
-        self._csv.close()
-        self._jsonl.close()
+def read_jsonl(path: Path) -> list[dict]:
+    """Return the rows of a JSON-lines file, skipping a last line cut off by a crash or a full disk."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     """Return the rows of a run's metrics.jsonl."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row for row in read_jsonl(Path(run_dir) / "metrics.jsonl") if isinstance(row.get("step"), (int, float))]
 
 
-def _round(value: float) -> float:
+def _columns(rows: list[dict]) -> list[str]:
+    names = [k for k in FIRST_FIELDS if any(k in r for r in rows)]
+    for row in rows:
+        names += [k for k in row if k not in names and k not in LAST_FIELDS]
+    return names + [k for k in LAST_FIELDS if any(k in r for r in rows)]
+
+
+def _round(value):
     return round(value, 6) if isinstance(value, float) else value
 
 
-def layer_grad_norms(model: torch.nn.Module, prefix: str) -> dict[str, float]:
-    """Return the L2 norm of each parameter's gradient ("gradient flow"), tagged grad_norm/<prefix>/<name>."""
-    norms = {name: p.grad.detach().norm() for name, p in model.named_parameters() if p.grad is not None}
-    values = torch.stack(list(norms.values())).tolist() if norms else []  # one host sync for all layers
-    return {f"grad_norm/{prefix}/{name}": value for name, value in zip(norms, values)}
+class MetricsWriter:
+    """metrics.jsonl (the source of truth) and metrics.csv, one row per logged step; any new name becomes a column."""
+
+    def __init__(self, run_dir: Path, resume_step: int = 0):
+        self.csv_path, self.jsonl_path = run_dir / "metrics.csv", run_dir / "metrics.jsonl"
+        self.rows = [r for r in read_metrics(run_dir) if r["step"] <= resume_step]
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        # Both files are rebuilt from the kept rows: a rewind, a repaired last line or a new column.
+        self.columns = _columns(self.rows)
+        with open(self.jsonl_path, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in self.rows)
+        with open(self.csv_path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows({k: _round(v) for k, v in row.items()} for row in self.rows)
+
+    def rewind(self, step: int) -> None:
+        self.rows = [r for r in self.rows if r["step"] <= step]
+        self._rewrite()
+
+    def write(self, row: dict[str, float]) -> None:
+        self.rows.append(row)
+        if any(k not in self.columns for k in row):
+            self._rewrite()
+            return
+        with open(self.jsonl_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+        with open(self.csv_path, "a", newline="", encoding="utf-8") as handle:
+            csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore").writerow(
+                {k: _round(v) for k, v in row.items()})
+
+
+def layer_grad_norms(model: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """Return the L2 norm of each parameter's gradient ("gradient flow") as 0-dim tensors, tagged grad_norm/<prefix>/<name>."""
+    return {f"grad_norm/{prefix}/{name}": p.grad.detach().norm() for name, p in model.named_parameters()
+            if p.grad is not None}
 
 
 def weights_and_grads(model: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
@@ -100,31 +135,67 @@ def weights_and_grads(model: torch.nn.Module, prefix: str) -> dict[str, torch.Te
 
 
 class RunMonitor:
-    """Everything a run shows: metrics files, loggers, grids, the GIF, loss.png, health warnings."""
+    """Everything a run shows: metrics files, loggers, grids, the GIF, loss.png, health warnings.
+
+    Creating it starts the loggers (which can fail, e.g. wandb without credentials) and writes nothing
+    else; start() then rewinds the run's files to the step training continues from.
+    """
 
     def __init__(self, run_dir: Path, config, total_steps: int, resume_step: int, real_images: torch.Tensor):
-        from .config import to_dict
+        from .config import active_loggers, to_dict
         from .health import HealthMonitor, mean_pairwise_distance
-        from .loggers import make_loggers, parse_loggers
+        from .loggers import make_loggers
 
-        self.run_dir, self.config = run_dir, config
-        self.metrics = MetricsWriter(run_dir, resume_step)
-        self.loggers = make_loggers(parse_loggers(config.train.logger), run_dir, to_dict(config))
+        self.run_dir, self.config, self.real_images = run_dir, config, real_images
+        self.loggers = make_loggers(active_loggers(config), run_dir, to_dict(config), resume_step)
         self.health = HealthMonitor(config.loss.name, total_steps, mean_pairwise_distance(real_images))
         self.warnings_path = run_dir / "warnings.jsonl"
-        self._truncate_warnings(resume_step)
-        for previous in self._read_warnings():  # a resumed run does not repeat what it already said
-            self.health.raised.add(previous["kind"])
-        save_grid(real_images, run_dir / "real.png")
+        self.metrics: MetricsWriter | None = None
+        self.resume_step = resume_step
+
+    def start(self) -> None:
+        """Rewind every file to the step training continues from and show the real images."""
+        self.metrics = MetricsWriter(self.run_dir, self.resume_step)
+        self._rewind_files(self.resume_step)
+        for previous in read_jsonl(self.warnings_path):  # a resumed run does not repeat what it already said
+            self.health.raised.add(previous.get("kind"))
+        save_grid(self.real_images, self.run_dir / "real.png")
+
+    def rewind(self, step: int) -> None:
+        """Forget everything logged after step (a roll-back): rows, frames, grids, evaluations, logger events."""
+        self.metrics.rewind(step)
+        self._rewind_files(step)
+        for logger in self.loggers:
+            logger.rewind(step)
+
+    def _rewind_files(self, step: int) -> None:
+        from .gif import repair
+
+        kept = [w for w in read_jsonl(self.warnings_path) if w.get("step", 0) <= step]
+        if self.warnings_path.exists():
+            self.warnings_path.write_text("".join(json.dumps(w) + "\n" for w in kept), encoding="utf-8")
+        repair(self.run_dir / "progress.gif", keep_through_step=step)
+        for grid in (self.run_dir / "samples").glob("step-*.png"):
+            if grid.stem[5:].isdigit() and int(grid.stem[5:]) > step:
+                grid.unlink()
+        evaluations = self.run_dir / "eval.csv"
+        if evaluations.is_file():
+            with open(evaluations, newline="", encoding="utf-8") as handle:
+                rows = [r for r in csv.DictReader(handle) if (r.get("step") or "").isdigit() and int(r["step"]) <= step]
+            if rows:
+                with open(evaluations, "w", newline="", encoding="utf-8") as handle:
+                    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                    writer.writeheader()
+                    writer.writerows(rows)
+            else:
+                evaluations.unlink()
 
     def log(self, step: int, row: dict[str, float], extra_scalars: dict[str, float],
             histograms: dict[str, torch.Tensor] | None) -> None:
-        """Record one metrics row everywhere and run the loss-based health checks."""
+        """Record one metrics row everywhere (every name in it) and run the loss-based health checks."""
         self.metrics.write(row)
-        scalars = {"loss/g": row["g_loss"], "loss/d": row["d_loss"], "loss/d_real": row["d_loss_real"],
-                   "loss/d_fake": row["d_loss_fake"], "d_output/real": row["d_real"], "d_output/fake": row["d_fake"],
-                   "speed/images_per_s": row["images_per_s"], **extra_scalars}
-        scalars.update({f"loss/{k}": v for k, v in row.items() if k in ("gradient_penalty", "r1_penalty")})
+        scalars = {tag(k): v for k, v in row.items() if k not in ("step", "epoch", "elapsed_s")}
+        scalars.update(extra_scalars)
         for logger in self.loggers:
             logger.scalars(step, scalars)
             if histograms:
@@ -140,7 +211,7 @@ class RunMonitor:
         path = self.run_dir / "samples" / f"step-{step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path)
-        append_frame(self.run_dir / "progress.gif", captioned(image, f"step {step}"))
+        append_frame(self.run_dir / "progress.gif", captioned(image, f"step {step}"), step=step)
         for logger in self.loggers:
             logger.image(step, "samples/fixed_noise", image)
         for warning in self.health.check_samples(step, images):
@@ -169,27 +240,18 @@ class RunMonitor:
     def checkpointed(self) -> None:
         from .plots import plot_losses
 
-        plot_losses(read_metrics(self.run_dir), self.run_dir / "loss.png")
+        plot_losses(self.metrics.rows if self.metrics else read_metrics(self.run_dir), self.run_dir / "loss.png")
 
     def close(self) -> None:
-        self.metrics.close()
         for logger in self.loggers:
             logger.close()
-
-    def _read_warnings(self) -> list[dict]:
-        if not self.warnings_path.exists():
-            return []
-        return [json.loads(line) for line in self.warnings_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-    def _truncate_warnings(self, step: int) -> None:
-        if self.warnings_path.exists():
-            kept = [w for w in self._read_warnings() if w["step"] <= step]
-            self.warnings_path.write_text("".join(json.dumps(w) + "\n" for w in kept), encoding="utf-8")
 
 
 class NullMonitor:
     """What ranks other than 0 use: they train but show and write nothing."""
 
+    def start(self) -> None: ...
+    def rewind(self, step: int) -> None: ...
     def log(self, *args, **kwargs) -> None: ...
     def samples(self, *args, **kwargs) -> None: ...
     def evaluation(self, *args, **kwargs) -> None: ...

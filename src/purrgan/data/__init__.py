@@ -19,54 +19,56 @@ class ImageSet:
     labels: torch.Tensor | None = None  # (N,) int64 class indices, when the source has classes
     class_names: list[str] = field(default_factory=list)
     skipped: int = 0  # files that could not be decoded
+    flippable: bool = True  # whether a mirrored image is still a valid sample (not for digits or text)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def subset(self, index: torch.Tensor) -> "ImageSet":
         labels = self.labels[index] if self.labels is not None else None
-        return ImageSet(self.images[index], self.name, labels, self.class_names, self.skipped)
+        return ImageSet(self.images[index], self.name, labels, self.class_names, self.skipped, self.flippable)
 
 
-BUILTIN = {"digits": "the 8x8 handwritten digits shipped with scikit-learn (1,797 images), upscaled"}
+def load_images(source: str, resolution: int, channels: int, classes: tuple[str, ...] | str = ()) -> ImageSet:
+    """Return the images of a source (a named data set such as "digits", or a path) at the given size and channels.
 
-
-def load_images(source: str, resolution: int, channels: int, classes: str = "") -> ImageSet:
-    """Return the images of a source ("digits", a named data set or a path) at the given size and channels.
-
-    Named sets and paths go through a prepared file in the cache, built on first use. classes ("cat,dog")
+    Every source goes through a prepared file in the cache, built on first use. classes ("cat", "dog")
     keeps only those classes of a labelled source, relabelled 0..K-1 in that order.
     """
     from .prepare import is_prepared_file, prepare, read_prepared
     from .sources import parse_source
 
-    if source == "digits":
-        data = load_digits(resolution, channels)
-    else:
-        spec = parse_source(source)
-        classes = _merge_classes(classes, spec.options.get("classes", ""))
-        path = spec.path if spec.path is not None and is_prepared_file(spec.path) else prepare(spec, resolution, channels)
-        images, labels, info = read_prepared(path)
-        if images.shape[1:] != (channels, resolution, resolution):
-            raise PurrganError(f"{path} holds {tuple(images.shape[1:])} images, but the config asks for "
-                               f"{(channels, resolution, resolution)}; prepare it again with that size")
-        if info.get("skipped"):
-            log.info("%s: %d unreadable files were skipped when it was prepared", info["source"], info["skipped"])
-        data = ImageSet(images, str(info.get("source", source)), labels, info.get("class_names", []), info.get("skipped", 0))
-    return select_classes(data, classes) if classes.strip() else data
+    spec = parse_source(source)
+    classes = _merge_classes(_names(classes), _names(spec.options.get("classes", "")))
+    path = spec.path if spec.path is not None and is_prepared_file(spec.path) else prepare(spec, resolution, channels)
+    images, labels, info = read_prepared(path)
+    if images.shape[1:] != (channels, resolution, resolution):
+        raise PurrganError(f"{path} holds {tuple(images.shape[1:])} images, but the config asks for "
+                           f"{(channels, resolution, resolution)}; prepare it again with that size")
+    if info.get("skipped"):
+        log.info("%s: %d unreadable files were skipped when it was prepared", info["source"], info["skipped"])
+    data = ImageSet(images, str(info.get("source", source)), labels, info.get("class_names", []), info.get("skipped", 0),
+                    bool(info.get("flippable", True)))
+    return select_classes(data, classes) if classes else data
 
 
-def _merge_classes(configured: str, from_source: str) -> str:
-    if configured.strip() and from_source.strip() and configured.replace(" ", "") != from_source.replace(" ", ""):
-        raise PurrganError(f"classes given twice: data.classes = '{configured}' and ':classes={from_source}'; keep one")
+def _names(value: tuple[str, ...] | str) -> tuple[str, ...]:
+    parts = value.split(",") if isinstance(value, str) else value
+    return tuple(p.strip() for p in parts if p.strip())
+
+
+def _merge_classes(configured: tuple[str, ...], from_source: tuple[str, ...]) -> tuple[str, ...]:
+    if configured and from_source and configured != from_source:
+        raise PurrganError(f"classes given twice: data.classes = '{','.join(configured)}' and "
+                           f"':classes={','.join(from_source)}'; keep one")
     return configured or from_source
 
 
-def select_classes(data: ImageSet, classes: str) -> ImageSet:
+def select_classes(data: ImageSet, classes: tuple[str, ...] | str) -> ImageSet:
     """Return only the images of the named classes, relabelled 0..K-1 in the order given."""
-    wanted = [c.strip() for c in classes.split(",") if c.strip()]
+    wanted = list(_names(classes))
     if data.labels is None:
-        raise PurrganError(f"data.classes = '{classes}' needs a labelled data set, but {data.name} has no classes "
+        raise PurrganError(f"data.classes = '{','.join(wanted)}' needs a labelled data set, but {data.name} has no classes "
                            f"(a folder gets classes from its sub-folders)")
     unknown = [c for c in wanted if c not in data.class_names]
     if unknown:
@@ -75,7 +77,7 @@ def select_classes(data: ImageSet, classes: str) -> ImageSet:
     keep = torch.isin(data.labels, old)
     remap = torch.full((len(data.class_names),), -1, dtype=torch.long)
     remap[old] = torch.arange(len(wanted))
-    return ImageSet(data.images[keep], data.name, remap[data.labels[keep]], wanted, data.skipped)
+    return ImageSet(data.images[keep], data.name, remap[data.labels[keep]], wanted, data.skipped, data.flippable)
 
 
 def split_validation(data: ImageSet, fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet | None]:
@@ -87,21 +89,6 @@ def split_validation(data: ImageSet, fraction: float, seed: int = 0) -> tuple[Im
         raise PurrganError(f"data.val_fraction = {fraction} leaves no images for training or for validation")
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     return data.subset(order[count:].sort().values), data.subset(order[:count].sort().values)
-
-
-def load_digits(resolution: int, channels: int) -> ImageSet:
-    """Return scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels) upscaled to resolution."""
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    digits = sklearn_digits()
-    pixels = torch.from_numpy(digits.images).float()[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1], ink = 1
-    # Bicubic upscaling keeps strokes smooth instead of showing 8x8 blocks.
-    pixels = torch.nn.functional.interpolate(pixels, size=(resolution, resolution), mode="bicubic", align_corners=False)
-    images = (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
-    if channels == 3:
-        images = images.expand(-1, 3, -1, -1).contiguous()
-    labels = torch.from_numpy(digits.target).long()
-    return ImageSet(images, "digits", labels, [str(d) for d in range(10)])
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

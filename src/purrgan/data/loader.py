@@ -34,7 +34,7 @@ class DeviceLoader:
         self._order = self._permutation(0)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2 ** 63)
         return torch.randperm(self.images.shape[0], generator=generator).to(self.storage)
 
     def state(self) -> dict[str, int]:

@@ -23,9 +23,10 @@ from ..checkpoint import write_atomic
 from ..errors import PurrganError
 from .archives import IMAGE_EXTENSIONS
 from .download import cache_dir
-from .sources import SOURCES, SourceSpec, read_source
+from .sources import SOURCES, SourceSpec, local_files, read_source
 
-FORMAT = "purrgan-prepared-1"
+FORMAT = "purrgan-prepared-2"
+READABLE = ("purrgan-prepared-1", FORMAT)  # 0.1's files still load; the cache rebuilds them (the fingerprint changed)
 log = logging.getLogger(__name__)
 
 
@@ -35,6 +36,8 @@ def fingerprint(spec: SourceSpec, resolution: int, channels: int) -> str:
     if spec.path is not None:
         files = [spec.path] if spec.path.is_file() else sorted(
             p for p in spec.path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    elif SOURCES[spec.name].packaged:
+        files = local_files(spec, fetch=False)
     else:
         folder = Path(spec.options["path"]).expanduser() if "path" in spec.options else cache_dir() / spec.name
         files = [folder] if folder.is_file() else [folder / f.filename for f in SOURCES[spec.name].files]
@@ -55,7 +58,7 @@ def read_prepared(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            if metadata.get("format") != FORMAT:
+            if metadata.get("format") not in READABLE:
                 raise PurrganError(f"{path} is not a purrgan prepared data file")
             images = handle.get_tensor("images")
             labels = handle.get_tensor("labels") if "labels" in handle.keys() else None
@@ -86,7 +89,8 @@ def prepare(spec: SourceSpec, resolution: int, channels: int, out: Path | None =
         "fingerprint": want, "source": str(spec.path) if spec.path else spec.name, "options": spec.options,
         "resolution": resolution, "channels": channels, "count": int(decoded.images.shape[0]),
         "class_names": decoded.class_names, "class_counts": counts, "skipped": decoded.skipped,
-        "duplicates": decoded.duplicates, "purrgan_version": __version__,
+        "duplicates": decoded.duplicates, "flippable": spec.path is not None or SOURCES[spec.name].flippable,
+        "purrgan_version": __version__,
         "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in info.items()}}
@@ -103,7 +107,7 @@ def read_metadata(path: Path) -> dict:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError) as error:
         raise PurrganError(f"{path} is not a readable prepared data file ({error})") from None
-    if metadata.get("format") != FORMAT:
+    if metadata.get("format") not in READABLE:
         raise PurrganError(f"{path} is not a purrgan prepared data file")
     return {k: json.loads(v) for k, v in metadata.items() if k != "format"}
 

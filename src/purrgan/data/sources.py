@@ -66,11 +66,14 @@ class Decoded:
 @dataclass(frozen=True)
 class NamedSource:
     summary: str
-    files: tuple[RemoteFile, ...]
+    files: tuple[RemoteFile, ...]  # downloaded into the cache; none for a set shipped in the package
     options: dict[str, tuple[str, ...]]  # option -> allowed values; () = any value
     read: Callable[[list[Path], dict, int, int], Decoded]
     licence: str
     size: str
+    native: tuple[int, int] = (64, 3)  # (resolution, channels) the set is used at unless told otherwise
+    flippable: bool = True  # a mirrored image is still a valid sample (not for digits or letters)
+    packaged: tuple[str, ...] = ()  # files inside the purrgan package (the built-in digits)
 
 
 # ---------------------------------------------------------------- parsing
@@ -85,7 +88,7 @@ def parse_source(text: str) -> SourceSpec:
     if name not in SOURCES:
         if "/" in text or "\\" in text or "." in name:
             raise PurrganError(f"data path {text} does not exist")
-        raise PurrganError(f"data source '{text}' is neither a known data set ({', '.join(['digits', *SOURCES])}) "
+        raise PurrganError(f"data source '{text}' is neither a known data set ({', '.join(SOURCES)}) "
                            f"nor an existing path; see `purrgan data list`")
     options = {}
     allowed = SOURCES[name].options
@@ -101,8 +104,10 @@ def parse_source(text: str) -> SourceSpec:
 
 
 def local_files(spec: SourceSpec, fetch: bool = True) -> list[Path]:
-    """Return the source's files on disk: the path= copy, the cached copy, or a fresh download."""
+    """Return the source's files on disk: the packaged copy, the path= copy, the cached copy, or a fresh download."""
     source = SOURCES[spec.name]
+    if source.packaged:
+        return [Path(__file__).with_name(name) for name in source.packaged]
     if "path" in spec.options:
         given = Path(spec.options["path"]).expanduser()
         if not given.exists():
@@ -263,6 +268,18 @@ def _idx_reader(class_names: list[str]):
     return read
 
 
+def read_digits(paths: list[Path], options: dict, resolution: int, channels: int) -> Decoded:
+    """Return the 1,797 8x8 digits (17 grey levels, ink = 16) upscaled with bicubic interpolation (smooth strokes)."""
+    with gzip.open(paths[0], "rt") as handle:
+        table = np.loadtxt(handle, delimiter=",", dtype=np.float32)  # (1797, 65): 64 pixels, then the label
+    pixels = torch.from_numpy(table[:, :64]).view(-1, 1, 8, 8) / 16.0  # (N, 1, 8, 8) in [0, 1]
+    pixels = F.interpolate(pixels, size=(resolution, resolution), mode="bicubic", align_corners=False)
+    images = (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
+    if channels == 3:
+        images = images.expand(-1, 3, -1, -1)
+    return Decoded(np.ascontiguousarray(images.numpy()), table[:, 64].astype(np.int64), [str(d) for d in range(10)])
+
+
 def read_image_archives(paths: list[Path], options: dict, resolution: int, channels: int) -> Decoded:
     crop = float(options["crop"]) / 178 if "crop" in options else None  # CelebA's box, as a fraction of its width
     pairs = (pair for path in paths for pair in iter_images(path))
@@ -281,37 +298,41 @@ def _idx_files(base: str, md5s: tuple[str, str, str, str]) -> tuple[RemoteFile, 
 
 
 SOURCES: dict[str, NamedSource] = {
+    "digits": NamedSource(
+        "built in: 1,797 8x8 handwritten digits (UCI, as shipped by scikit-learn), upscaled to 32x32",
+        (), {}, read_digits, "BSD-3-Clause (scikit-learn); UCI ML repository", "57 KB, ships with purrgan",
+        native=(32, 1), flippable=False, packaged=("digits.csv.gz",)),
     "cats": NamedSource(
         "29,843 cat faces, 64x64 (fferlito/Cat-faces-dataset, three tarballs)",
         tuple(RemoteFile(f"dataset-part{i}.tar.gz", f"{_CATS_URL}dataset-part{i}.tar.gz", None) for i in (1, 2, 3)),
-        {"path": ()}, read_image_archives, "no licence stated upstream; images collected from the web", "about 270 MB"),
+        {"path": ()}, read_image_archives, "no licence stated upstream; images collected from the web", "about 270 MB",
+        native=(64, 3)),
     "cifar10": NamedSource(
         "CIFAR-10: 60,000 32x32 photos in 10 classes (Krizhevsky 2009), python pickle archive",
         (RemoteFile("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                     "c58f30108f718f92721af3b95e74349a"),),
-        _SPLIT, read_cifar10, "free for research; cite Krizhevsky 2009", "163 MB"),
+        _SPLIT, read_cifar10, "free for research; cite Krizhevsky 2009", "163 MB", native=(32, 3)),
     "mnist": NamedSource(
         "MNIST: 70,000 28x28 handwritten digits (LeCun et al.), idx files; padded to 32x32",
         _idx_files(_MNIST_URL, ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
                                 "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c")),
-        {**_SPLIT, "fit": ("pad", "resize")}, _idx_reader([str(d) for d in range(10)]), "CC BY-SA 3.0", "11 MB"),
+        {**_SPLIT, "fit": ("pad", "resize")}, _idx_reader([str(d) for d in range(10)]), "CC BY-SA 3.0", "11 MB",
+        native=(32, 1), flippable=False),
     "fashion-mnist": NamedSource(
         "Fashion-MNIST: 70,000 28x28 clothing images in 10 classes (Zalando), idx files; padded to 32x32",
         _idx_files(_FASHION_URL, ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
                                   "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310")),
         {**_SPLIT, "fit": ("pad", "resize")},
         _idx_reader(["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]),
-        "MIT", "30 MB"),
+        "MIT", "30 MB", native=(32, 1)),
     "celeba": NamedSource(
         "CelebA aligned and cropped faces (202,599 JPEGs, 178x218; Liu et al. 2015): centre box cropped, resized",
         (RemoteFile("img_align_celeba.zip", "https://drive.google.com/uc?id=0B7EVK8r0v71pZjFTYXZWM3FlRnM&export=download",
                     "00d2c5bc6d35e252742224ab0c1e8fcb"),),
         {"crop": ("108", "140"), "path": ()}, read_image_archives,
-        "non-commercial research only (see the CelebA agreement)", "1.4 GB"),
+        "non-commercial research only (see the CelebA agreement)", "1.4 GB", native=(64, 3)),
 }
 DEFAULT_OPTIONS = {"celeba": {"crop": "108"}}
-NATIVE_SHAPE = {"cats": (64, 3), "cifar10": (32, 3), "mnist": (32, 1), "fashion-mnist": (32, 1), "celeba": (64, 3),
-                "digits": (32, 1)}  # (resolution, channels) the data commands use when none is given
 
 
 def read_source(spec: SourceSpec, resolution: int, channels: int) -> Decoded:

@@ -22,9 +22,9 @@ METRICS: dict[str, Callable[[dict, dict], dict[str, float]]] = {
 }
 
 
-def parse_metrics(text: str) -> list[str]:
-    """Return the metric names of "fid,kid", failing on an unknown one."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
+def parse_metrics(text) -> list[str]:
+    """Return the metric names of "fid,kid" (or a list of names), failing on an unknown one."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
     for name in names:
         if name not in METRICS:
             raise PurrganError(f"unknown metric '{name}'; choose from: {', '.join(METRICS)}")

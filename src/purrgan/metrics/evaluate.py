@@ -114,3 +114,28 @@ def evaluate_paths(real: str, fake: str, names: list[str], extractor: FeatureExt
 
     real_features = extract(extractor, _batches(load(real)))
     return compute(names, {**_statistics(real_features), **real_features}, extract(extractor, _batches(load(fake))))
+
+
+class Evaluator:
+    """Metrics during training (the run's own feature extractor and cached reference statistics) and the best FID."""
+
+    def __init__(self, config, device: torch.device):
+        from . import parse_metrics
+        from .features import load_extractor
+
+        self.config, self.names = config, parse_metrics(config.train.eval_metrics)
+        self.extractor = load_extractor(config.train.feature_extractor, config.train.inception_weights or None, device)
+        self.real = reference_statistics(config, config.train.eval_split, self.extractor)
+
+    def evaluate(self, network: torch.nn.Module, step: int, class_names: list[str]) -> dict[str, float]:
+        """Return the metrics of network (G or G_ema) against the reference statistics, in eval mode."""
+        from ..generate import TrainedGenerator
+
+        was_training = network.training
+        network.eval()
+        try:
+            generator = TrainedGenerator(network, self.config.model.z_dim,
+                                         class_names if self.config.model.conditional != "none" else [], self.config, step)
+            return compute(self.names, self.real, generated_features(generator, self.config.train.eval_num, self.extractor))
+        finally:
+            network.train(was_training)

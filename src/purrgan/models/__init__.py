@@ -1,6 +1,7 @@
 """Model registry: each architecture is a pair of builders plus what it supports.
 
-To add an architecture, write its module in this package and add one entry to ARCHITECTURES.
+To add an architecture, write its module in this package and add one entry to ARCHITECTURES; options
+only it understands go in `model.options` (declared here with their defaults, checked by `check`).
 Conditioning is chosen by model.conditional: "none", "projection" (class-conditional BatchNorm in G
 and a projection D, for architectures that support it) or "per-class" (one G/D pair per class,
 around any architecture).
@@ -8,8 +9,8 @@ around any architecture).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
 
 from torch import nn
 
@@ -28,10 +29,18 @@ class Architecture:
     resolutions: tuple[int, ...]
     summary: str
     projection: bool = False  # supports model.conditional = "projection"
+    options: dict[str, Any] = field(default_factory=dict)  # model.options it understands, with their defaults
 
     def check(self, config: "Config") -> None:
         """Raise PurrganError if this architecture cannot be built for config."""
         arch, res = config.model.arch, config.data.resolution
+        for name, value in config.model.options.items():
+            if name not in self.options:
+                valid = ", ".join(self.options) or "none"
+                raise PurrganError(f"model '{arch}' has no option '{name}'; its model.options: {valid}")
+            default = self.options[name]
+            if type(value) is not type(default) and not (isinstance(default, float) and type(value) is int):
+                raise PurrganError(f"model.options.{name} must be {type(default).__name__} like {default!r}, got {value!r}")
         if res not in self.resolutions:
             raise PurrganError(f"model '{arch}' does not support resolution {res}; "
                                f"use data.resolution = one of {', '.join(map(str, self.resolutions))}")
@@ -65,6 +74,11 @@ def build_discriminator(config: "Config") -> nn.Module:
 
 def _sizes(c: "Config") -> tuple[int, int]:
     return c.data.channels, c.data.resolution
+
+
+def model_options(config: "Config") -> dict[str, Any]:
+    """Return the architecture's options: its defaults, overridden by config.model.options."""
+    return {**ARCHITECTURES[config.model.arch].options, **config.model.options}
 
 
 ARCHITECTURES: dict[str, Architecture] = {

@@ -1,0 +1,68 @@
+"""Where and how the networks run: the device, mixed precision, memory layout and torch.compile."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+from torch import nn
+
+from .errors import PurrganError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the torch device for "auto", "cpu", "cuda" or "cuda:N", failing clearly when CUDA is missing."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PurrganError(f"--device {name} was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PurrganError(f"unknown device '{name}'; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise PurrganError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """Return the autocast dtype for train.amp on device, or None for float32."""
+    if setting == "off" or (setting == "auto" and device.type != "cuda"):
+        return None
+    if setting == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if setting == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Return the autocast context for dtype (a no-op for float32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def memory_format(setting: str) -> torch.memory_format:
+    """Return the memory layout for train.channels_last: NHWC unless turned off (faster with cuDNN and oneDNN)."""
+    return torch.contiguous_format if setting in ("off", "false") else torch.channels_last
+
+
+def maybe_compile(module: nn.Module, enabled: bool, example: tuple) -> nn.Module:
+    """Return torch.compile(module) if it works on a trial forward, else module itself with a warning."""
+    if not enabled:
+        return module
+    was_training = module.training
+    try:
+        compiled = torch.compile(module)
+        module.eval()  # the trial must not move BatchNorm statistics
+        with torch.no_grad():
+            compiled(*example)
+        return compiled
+    except Exception as error:  # noqa: BLE001 - any compiler failure means "train eagerly"
+        log.warning("torch.compile failed for %s (%s); training without compiling", type(module).__name__,
+                    str(error).splitlines()[0][:200] if str(error) else type(error).__name__)
+        return module
+    finally:
+        module.train(was_training)

@@ -1,0 +1,132 @@
+"""The reshaped core: TrainState, the step, open-ended statistics, rewinding on roll-back, 0.1.0 compatibility."""
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_config
+from purrgan import checkpoint, load_generator, losses
+from purrgan.cli import main
+from purrgan.config import from_dict, load_config, parse_toml, to_toml
+from purrgan.data import load_images
+from purrgan.dist import Distributed
+from purrgan.errors import PurrganError
+from purrgan.gif import frames
+from purrgan.monitor import read_metrics
+from purrgan.state import TrainState, check_config
+from purrgan.train import train, train_step
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_state_dict_round_trip_continues_identically():
+    config = tiny_config(train__steps=10, augment__policy="color,translation")
+    data = load_images("digits", 32, 1)
+    a = TrainState.create(config, data, torch.device("cpu"), Distributed())
+    for _ in range(3):
+        train_step(a)
+    saved = checkpoint.decode(checkpoint.encode(a.state_dict()))
+    b = TrainState.create(config, data, torch.device("cpu"), Distributed())
+    b.load_state_dict(saved)
+    assert b.step == 3
+    out_a, out_b = train_step(a), train_step(b)
+    torch.testing.assert_close(out_a["d_loss"], out_b["d_loss"], rtol=0, atol=0)
+    for (name, p), q in zip(a.generator.named_parameters(), b.generator.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+
+
+def test_step_returns_statistics_and_gradient_flow_only_when_asked():
+    config = tiny_config(loss__r1_gamma="1.0")
+    state = TrainState.create(config, load_images("digits", 32, 1), torch.device("cpu"), Distributed())
+    quiet = train_step(state)
+    assert {"d_loss", "g_loss", "d_loss_real", "d_loss_fake", "d_real", "d_fake", "r1_penalty"} <= set(quiet)
+    assert not any(k.startswith("grad_norm/") for k in quiet)
+    loud = train_step(state, log_now=True, histograms=True)
+    assert any(k.startswith("grad_norm/G/") for k in loud) and any(k.startswith("weights/D/") for k in loud)
+    assert all(v.ndim == 0 for k, v in loud.items() if not k.startswith(("weights/", "grads/")))
+
+
+def test_a_new_penalty_reaches_the_csv_and_tensorboard(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(train__steps=20, loss__r1_gamma="1.0", loss__r2_gamma="1.0"), run)
+    with open(run / "metrics.csv") as handle:
+        header = next(csv.reader(handle))
+    assert "r1_penalty" in header and "r2_penalty" in header
+    assert all(r["r1_penalty"] >= 0 for r in read_metrics(run))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert {"loss/r1_penalty", "loss/r2_penalty"} <= set(events.Tags()["scalars"])
+
+
+def test_lazy_regularisation_runs_the_penalty_every_k_steps_weighted_by_k(monkeypatch):
+    calls = []
+    real_r1 = losses._r1
+
+    def counted(*args):
+        calls.append(1)
+        return real_r1(*args)
+
+    monkeypatch.setattr(losses, "_r1", counted)
+    config = tiny_config(loss__r1_gamma="2.0", loss__reg_every="4")
+    state = TrainState.create(config, load_images("digits", 32, 1), torch.device("cpu"), Distributed())
+    logged = [train_step(state) for _ in range(8)]
+    assert len(calls) == 2 and ["r1_penalty" in out for out in logged] == [True, False, False, False] * 2
+    regulariser = losses.LOSSES["bce"].regularisers(config.loss)[0]
+    assert regulariser.weight * regulariser.every == pytest.approx(4.0)  # gamma/2 * k
+
+
+def test_roll_back_leaves_no_duplicate_rows_frames_or_grids(tmp_path, monkeypatch):
+    real_bce, calls = losses.bce_d, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = real_bce(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 75:  # once, after the checkpoint and the grid at step 50 and the rows up to 70
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setitem(losses.LOSSES, "bce", losses.Loss(poisoned, losses.bce_g, "poisoned"))
+    run = tmp_path / "run"
+    train(tiny_config(train__steps=100, train__sample_every=25, train__checkpoint_every=50), run)
+    steps = [r["step"] for r in read_metrics(run)]
+    assert steps == list(range(10, 101, 10))  # rows 60 and 70 were logged, rewound, and logged again once
+    with open(run / "metrics.csv") as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle)] == steps
+    assert [f.step for f in frames((run / "progress.gif").read_bytes())] == [25, 50, 75, 100]
+    assert Image.open(run / "progress.gif").n_frames == 4
+    assert "rolled back to step 50" in (run / "warnings.jsonl").read_text()
+
+
+def test_toml_arrays_and_the_old_comma_strings_read_the_same(tmp_path):
+    old = load_config(overrides={"augment.policy": "color,translation", "train.logger": "tensorboard,wandb"})
+    new = from_dict(parse_toml('[augment]\npolicy = ["color", "translation"]\n[train]\nlogger = ["tensorboard", "wandb"]', "x"))
+    assert old.augment.policy == new.augment.policy == ("color", "translation")
+    assert old.train.logger == new.train.logger == ("tensorboard", "wandb")
+    assert 'policy = ["color", "translation"]' in to_toml(old)
+    with pytest.raises(PurrganError, match=r"'data.classes' must be a list of names"):
+        from_dict({"data": {"classes": [1, 2]}})
+
+
+def test_architecture_options_are_checked_by_the_architecture():
+    config = load_config(overrides={"model.options.depth": "3"})
+    assert config.model.options == {"depth": 3}
+    with pytest.raises(PurrganError, match="model 'dcgan' has no option 'depth'; its model.options: none"):
+        check_config(config)
+
+
+def test_a_checkpoint_written_by_purrgan_0_1_0_samples_and_resumes(tmp_path):
+    generator = load_generator(DATA / "purrgan-0.1.0-step10.safetensors")
+    assert generator.step == 10 and generator.uses_ema and generator.sample(2, seed=0).shape == (2, 1, 32, 32)
+    run = tmp_path / "old-run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(DATA / "purrgan-0.1.0-step10.safetensors", run / "checkpoints" / "last.safetensors")
+    shutil.copy(DATA / "purrgan-0.1.0-config.toml", run / "config.toml")
+    assert main(["train", "--out", str(run), "--resume", "--steps", "20", "--quiet"]) == 0
+    assert load_generator(run).step == 20
+    assert load_config(config_file=run / "config.toml").augment.policy == ("color", "translation")
