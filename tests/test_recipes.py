@@ -20,6 +20,7 @@ LOSS_RECIPES = {
     "wgan": {"optim.name": "rmsprop", "optim.lr_g": "5e-5", "optim.lr_d": "5e-5", "optim.d_steps": "5"},
     "wgan-gp": {"model.d_norm": "layer", "optim.lr_g": "1e-4", "optim.lr_d": "1e-4", "optim.beta1": "0.0",
                 "optim.beta2": "0.9", "optim.d_steps": "5"},
+    "rpgan": {"loss.r1_gamma": "0.1", "loss.r2_gamma": "0.1", "optim.beta1": "0.0", "optim.beta2": "0.99"},
 }
 
 

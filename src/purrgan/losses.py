@@ -127,6 +127,23 @@ def lsgan_g(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> Lo
     return {"loss": 0.5 * ((discriminator(batch.fake, batch.labels).float() - 1) ** 2).mean()}
 
 
+# ---------------------------------------------------------------- relativistic pairing (Huang et al. 2025, R3GAN)
+
+
+def rpgan_d(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
+    """Return D's RpGAN loss E[softplus(-(D(x) - D(G(z))))]: each real is scored against a paired fake."""
+    real, fake = _scores(discriminator, batch)
+    return {"loss": F.softplus(fake - real).mean(), "d_real": real.mean().detach(), "d_fake": fake.mean().detach(),
+            "real_scores": real, "fake_scores": fake}
+
+
+def rpgan_g(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
+    """Return G's RpGAN loss E[softplus(-(D(G(z)) - D(x)))] against the reals D saw (no gradient reaches them)."""
+    fake = discriminator(batch.fake, batch.labels).float()
+    real = discriminator(batch.real.detach(), batch.labels).float()
+    return {"loss": F.softplus(real - fake).mean()}
+
+
 # ---------------------------------------------------------------- regularisers
 
 
@@ -203,6 +220,13 @@ def no_batchnorm_in_d(name: str) -> Callable[["Config", nn.Module], None]:
             raise PurrganError(f"loss '{config.loss.name}' uses {name}, which BatchNorm in the critic breaks; "
                                f"set model.d_norm = \"layer\" or \"none\" (or use an architecture without BatchNorm in D)")
     return check
+
+
+def zero_centred_gammas(config: "Config", discriminator: nn.Module) -> None:
+    """RpGAN without R1 and R2 is not guaranteed to converge (Huang et al. 2025, section 2): both gammas must be set."""
+    if config.loss.r1_gamma <= 0 or config.loss.r2_gamma <= 0:
+        raise PurrganError(f"loss '{config.loss.name}' needs both zero-centred penalties; set loss.r1_gamma and "
+                           f"loss.r2_gamma (R3GAN uses the same gamma for both, e.g. 0.05 on CIFAR-10)")
 
 
 # ---------------------------------------------------------------- the registry entry and how the step uses it
@@ -289,4 +313,6 @@ LOSSES: dict[str, Loss] = {
                     requires=(no_batchnorm_in_d("a gradient penalty"),)),
     "hinge": Loss(hinge_d, wgan_g, "hinge loss (Lim & Ye 2017; SNGAN, BigGAN)"),
     "lsgan": Loss(lsgan_d, lsgan_g, "least-squares GAN (Mao et al. 2017)"),
+    "rpgan": Loss(rpgan_d, rpgan_g, "relativistic pairing GAN with R1 + R2 (Huang et al. 2025, R3GAN)",
+                  declares=(r1, r2), requires=(zero_centred_gammas,)),
 }
