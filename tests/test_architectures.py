@@ -99,3 +99,34 @@ def test_spectral_norm_is_on_every_sngan_discriminator_layer():
         layers = [m for m in discriminator.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
         assert layers and all(hasattr(m, "parametrizations") for m in layers)
     assert spectral_norm is not None
+
+
+def test_r3gan_blocks_start_as_the_identity_and_r1_differentiates_through_d():
+    from purrgan.losses import r1_penalty
+    from purrgan.models.r3gan import ResidualBlock
+
+    config = load_config(overrides={"model.arch": "r3gan", "data.resolution": "32", "data.channels": "3",
+                                    "model.g_width": "32", "model.d_width": "32", "model.options.blocks": "1"})
+    block = ResidualBlock(32, 2, 16, total_blocks=4)
+    x = torch.randn(2, 32, 8, 8)
+    torch.testing.assert_close(block(x), x)  # the last 1x1 conv starts at zero
+    assert block.mix.groups == 4 and block.mix.kernel_size == (3, 3) and block.expand.kernel_size == (1, 1)
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)) for m in build_generator(config).modules())
+    discriminator = build_discriminator(config)
+    penalty = r1_penalty(discriminator, torch.randn(3, 3, 32, 32), None)
+    penalty.backward()  # the double backward R1 and R2 need
+    assert torch.isfinite(penalty) and all(p.grad is not None for p in discriminator.parameters() if p.requires_grad)
+
+
+def test_r3gan_options_are_checked():
+    from purrgan.errors import PurrganError
+    from purrgan.state import check_config
+
+    with pytest.raises(PurrganError, match="do not split into groups of 12; set model.options.group_size"):
+        check_config(load_config(overrides={"model.arch": "r3gan", "model.options.group_size": "12"}))
+    with pytest.raises(PurrganError, match="model 'r3gan' has no option 'depth'; its model.options: blocks, group_size, expansion"):
+        check_config(load_config(overrides={"model.arch": "r3gan", "model.options.depth": "2"}))
+    with pytest.raises(PurrganError, match="model.options.blocks must be int like 2, got 'two'"):
+        check_config(load_config(overrides={"model.arch": "r3gan", "model.options.blocks": "two"}))
+    config = _config("r3gan", 32, 3, z_dim=64, g_width=768, d_width=768)  # the paper's CIFAR-10 widths
+    assert (_count(build_generator(config)), _count(build_discriminator(config))) == (20_732_163, 20_684_544)

@@ -144,3 +144,17 @@ def test_augmentation_and_instance_noise_run(tmp_path):
     run = tmp_path / "run"
     train(tiny_config(augment__policy="color,translation,cutout", augment__instance_noise="0.1", train__steps=10), run)
     assert len(read_metrics(run)) == 1
+
+
+def test_r3gan_with_rpgan_trains_on_the_digits(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(model__arch="r3gan", loss__name="rpgan", loss__r1_gamma="0.1", loss__r2_gamma="0.1",
+                      optim__beta1="0.0", optim__beta2="0.99", model__options__blocks="1", train__steps="60",
+                      train__ema="0.9"), run)
+    rows = read_metrics(run)
+    assert torch.isfinite(torch.tensor([[r["d_loss"], r["g_loss"], r["r1_penalty"], r["r2_penalty"]] for r in rows])).all()
+    assert rows[-1]["d_real"] > rows[-1]["d_fake"]
+    first = np.asarray(Image.open(run / "samples" / "step-000050.png"), dtype=np.float32)
+    final = np.asarray(Image.open(run / "samples" / "final.png"), dtype=np.float32)
+    assert np.abs(first - final).mean() > 1.0  # samples still change between step 50 and 60
+    assert load_generator(run).sample(16, seed=0).std(0).mean() > 0.05  # different latents, different pictures

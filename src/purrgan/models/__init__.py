@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from torch import nn
 
 from ..errors import PurrganError
-from . import dcgan, dcgan_linear, keras_cifar, sngan
+from . import dcgan, dcgan_linear, keras_cifar, r3gan, sngan
 from .perclass import PerClass
 
 if TYPE_CHECKING:
@@ -114,5 +114,12 @@ ARCHITECTURES: dict[str, Architecture] = {
         resolutions=(32, 64),
         summary="SNGAN ResNet (Miyato et al. 2018, table 4): residual blocks, spectral norm in D",
         projection=True,
+    ),
+    "r3gan": Architecture(
+        generator=lambda c, k: r3gan.Generator(c.model.z_dim, *_sizes(c), c.model.g_width, **model_options(c)),
+        discriminator=lambda c, k: r3gan.Discriminator(*_sizes(c), c.model.d_width, **model_options(c)),
+        resolutions=(32, 64),
+        summary="R3GAN (Huang et al. 2025): ResNeXt-style inverted bottlenecks, no normalisation, for rpgan + R1 + R2",
+        options={"blocks": 2, "group_size": 16, "expansion": 2},
     ),
 }
