@@ -58,3 +58,66 @@ def test_ema_follows_the_weights_with_the_given_decay():
     update_ema(ema, model, 0.9)
     torch.testing.assert_close(ema.weight, before + 0.1)
     assert not ema.weight.requires_grad
+
+
+# ---------------------------------------------------------------- ADA (Karras et al. 2020)
+
+
+def _observe(augment, scores, times):
+    for _ in range(times):
+        augment.observe({"real_scores": scores})
+
+
+def test_ada_probability_rises_on_an_overfitting_signal_and_stays_at_0_on_a_balanced_one():
+    from purrgan.augment import AdaptiveAugment
+
+    memorised = AdaptiveAugment((), 0.0, target=0.6, kimg=1.0, interval=4)
+    _observe(memorised, torch.full((50,), 3.0), 8)  # D is sure of every real: r_t = 1 > 0.6
+    assert memorised.r_t.item() == 1.0
+    assert memorised.p.item() == pytest.approx(2 * 200 / 1000)  # two adjustments of 200 images each, at 1 per 1000
+    balanced = AdaptiveAugment((), 0.0, target=0.6, kimg=1.0, interval=4)
+    _observe(balanced, torch.linspace(-1, 1, 50), 40)  # as many reals above 0 as below: r_t = 0
+    assert balanced.p.item() == 0.0 and abs(balanced.r_t.item()) < 0.05
+    assert set(memorised.policy) == {"color", "translation", "cutout"}  # an empty policy means all operations
+
+
+def test_ada_applies_each_operation_with_probability_p():
+    from purrgan.augment import AdaptiveAugment
+
+    augment = AdaptiveAugment(("cutout",), 0.0, 0.6, 100.0, 4)
+    images = torch.ones(2000, 1, 8, 8)
+    rng = torch.Generator().manual_seed(0)
+    assert torch.equal(augment(images, rng, 0.0), images)  # p = 0 at the start: nothing changes
+    augment.p = torch.tensor(0.3)
+    changed = (augment(images, rng, 0.0) != images).flatten(1).any(1).float().mean()
+    assert abs(changed.item() - 0.3) < 0.04
+
+
+def test_ada_p_rises_when_d_memorises_a_tiny_set_and_is_logged(tmp_path):
+    from conftest import tiny_config
+    from purrgan.monitor import read_metrics
+    from purrgan.train import train
+
+    run = tmp_path / "run"
+    train(tiny_config(data__classes="0", train__batch_size="16", train__steps="150", optim__lr_d="1e-3",
+                      augment__adaptive="true", augment__ada_kimg="2", data__val_fraction="0.9"), run)
+    rows = read_metrics(run)
+    assert rows[0]["ada_p"] < 0.2 and rows[-1]["ada_p"] > 0.3 and rows[-1]["ada_rt"] > 0.6
+    assert "ada_p" in (run / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_resume_with_ada_is_bit_exact(tmp_path):
+    from safetensors.torch import load_file
+
+    from conftest import tiny_config
+    from purrgan.train import train
+
+    settings = dict(augment__adaptive="true", augment__ada_kimg="1", train__checkpoint_every="1000")
+    train(tiny_config(train__steps=40, **settings), tmp_path / "whole")
+    train(tiny_config(train__steps=20, **settings), tmp_path / "halves")
+    train(tiny_config(train__steps=40, **settings), tmp_path / "halves", resume=True)
+    a = load_file(tmp_path / "whole" / "checkpoints" / "last.safetensors")
+    b = load_file(tmp_path / "halves" / "checkpoints" / "last.safetensors")
+    assert any("augment" in key for key in a) and a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)

@@ -96,12 +96,15 @@ class Augment:
 
     def __call__(self, images: torch.Tensor, rng: torch.Generator, progress: float) -> torch.Tensor:
         """Return images as D should see them; progress is the fraction of the run done, in [0, 1]."""
-        if self.policy:
-            images = diff_augment(images, self.policy, rng)
+        images = self.apply_policy(images, rng)
         sigma = self.instance_noise * (1 - progress)
         if sigma > 0:
             images = images + sigma * torch.randn(images.shape, device=images.device, generator=rng, dtype=images.dtype)
         return images
+
+    def apply_policy(self, images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """Return images with every operation of the policy applied."""
+        return diff_augment(images, self.policy, rng) if self.policy else images
 
     def observe(self, d_out: dict[str, torch.Tensor], average=None) -> None:
         """Learn from D's outputs on one update (average: a function that means a tensor over the ranks)."""
@@ -120,7 +123,66 @@ class Augment:
         return self
 
 
+class AdaptiveAugment(Augment):
+    """ADA (Karras et al. 2020): each operation hits an image with probability p, steered by D's overfitting.
+
+    r_t = E[sign(D(x))] over the real images of the last `interval` D updates; p moves up when
+    r_t > target (D is too sure of the reals: it is memorising them) and down otherwise, by at most
+    1 per `kimg` thousand images, starting at 0. p, like the statistics being gathered, stays on the
+    device (no host sync) and is saved in every checkpoint.
+    """
+
+    def __init__(self, policy: tuple[str, ...], instance_noise: float, target: float, kimg: float, interval: int):
+        super().__init__(policy or tuple(POLICIES), instance_noise)
+        self.target, self.kimg, self.interval = target, kimg, interval
+        self.p = torch.zeros(())
+        self.r_t = torch.zeros(())
+        self.gathered = torch.zeros(2)  # (sum of sign(D(x)), number of real images) since the last adjustment
+        self.updates = 0
+
+    def apply_policy(self, images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """Return images with each operation applied to each image with probability p."""
+        for name in self.policy:
+            hit = torch.rand(images.shape[0], 1, 1, 1, device=images.device, generator=rng) < self.p  # (N, 1, 1, 1)
+            images = torch.where(hit, POLICIES[name](images, rng), images)
+        return images
+
+    def observe(self, d_out: dict[str, torch.Tensor], average=None) -> None:
+        scores = d_out.get("real_scores")
+        if scores is None:
+            return  # a loss that does not report D's raw outputs leaves p where it is
+        self.gathered[0] += scores.detach().sign().sum().float()
+        self.gathered[1] += scores.numel()
+        self.updates += 1
+        if self.updates % self.interval:
+            return
+        total = average(self.gathered) if average is not None else self.gathered  # the same p on every rank
+        ranks = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        self.r_t = total[0] / total[1].clamp(min=1)
+        step = torch.sign(self.r_t - self.target) * total[1] * ranks / (self.kimg * 1000)
+        self.p = (self.p + step).clamp(0.0, 1.0)
+        self.gathered = torch.zeros_like(self.gathered)
+
+    def stats(self) -> dict[str, torch.Tensor]:
+        return {"ada_p": self.p, "ada_rt": self.r_t}
+
+    def state_dict(self) -> dict:
+        return {"p": self.p, "r_t": self.r_t, "gathered": self.gathered, "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            device = self.p.device
+            self.p, self.r_t = state["p"].to(device), state["r_t"].to(device)
+            self.gathered, self.updates = state["gathered"].to(device), int(state["updates"])
+
+    def to(self, device: torch.device) -> "AdaptiveAugment":
+        self.p, self.r_t, self.gathered = self.p.to(device), self.r_t.to(device), self.gathered.to(device)
+        return self
+
+
 def build_augment(config: "AugmentConfig") -> Augment:
-    """Return the augmentation pipeline that config describes."""
+    """Return the augmentation pipeline that config describes (adaptive when asked: all operations by default)."""
     check_policy(config.policy)
+    if config.adaptive:
+        return AdaptiveAugment(config.policy, config.instance_noise, config.ada_target, config.ada_kimg, config.ada_interval)
     return Augment(config.policy, config.instance_noise)

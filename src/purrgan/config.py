@@ -76,6 +76,10 @@ class OptimConfig:
 class AugmentConfig:
     policy: Names = ()  # DiffAugment (Zhao et al. 2020) on everything D sees: any of color, translation, cutout
     instance_noise: float = 0.0  # std of Gaussian noise on D's inputs, annealed linearly to 0 over the run
+    adaptive: bool = False  # ADA (Karras et al. 2020): apply each policy operation with a probability p tuned to D's overfitting
+    ada_target: float = 0.6  # the overfitting level r_t = E[sign(D(x))] that p steers towards
+    ada_kimg: float = 100.0  # thousands of images over which p could go from 0 to 1 (StyleGAN2-ADA: 500)
+    ada_interval: int = 4  # D updates between adjustments of p
 
 
 @dataclass(frozen=True)
@@ -130,12 +134,13 @@ _POSITIVE = {
     ("train", "sample_every"), ("train", "checkpoint_every"), ("train", "num_samples"),
     ("optim", "d_steps"), ("optim", "g_steps"), ("loss", "clip_value"), ("train", "histogram_every"),
     ("train", "keep_checkpoints"), ("train", "nan_lr_factor"), ("train", "eval_num"), ("loss", "reg_every"),
+    ("augment", "ada_kimg"), ("augment", "ada_interval"),
 }
 _NON_NEGATIVE = {("train", "steps"), ("train", "epochs"), ("train", "seed"), ("model", "num_classes"),
                  ("loss", "gp_weight"), ("loss", "r1_gamma"), ("loss", "r2_gamma"), ("augment", "instance_noise"),
                  ("train", "ema_start"), ("train", "nan_retries"), ("train", "eval_every")}
 _FRACTIONS = {("loss", "label_smoothing"), ("train", "ema"), ("data", "val_fraction"), ("optim", "beta1"),
-              ("optim", "beta2")}  # in [0, 1)
+              ("optim", "beta2"), ("augment", "ada_target")}  # in [0, 1)
 _LIMITS = {  # upper bounds that keep values meaningful (and inside what torch accepts)
     ("train", "seed"): 2 ** 63 - 1,  # torch's generators take 64-bit seeds; derived seeds wrap modulo 2^63
     ("data", "resolution"): 1024, ("model", "z_dim"): 65536, ("model", "g_width"): 4096, ("model", "d_width"): 4096,
