@@ -13,6 +13,7 @@ TINY = {
     "model.g_width": "8", "model.d_width": "8", "model.z_dim": "16",
     "train.batch_size": "32", "train.log_every": "10", "train.sample_every": "50",
     "train.checkpoint_every": "50", "train.num_samples": "16", "train.device": "cpu",
+    "train.amp": "off",  # the same float32 numbers on every machine ("auto" measures bf16 on the CPU: test_core)
 }
 
 

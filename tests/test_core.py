@@ -130,3 +130,19 @@ def test_a_checkpoint_written_by_purrgan_0_1_0_samples_and_resumes(tmp_path):
     assert main(["train", "--out", str(run), "--resume", "--steps", "20", "--quiet"]) == 0
     assert load_generator(run).step == 20
     assert load_config(config_file=run / "config.toml").augment.policy == ("color", "translation")
+
+
+def test_amp_auto_on_the_cpu_is_measured_once_recorded_and_kept_on_resume(tmp_path, caplog):
+    import logging
+
+    run = tmp_path / "run"
+    with caplog.at_level(logging.INFO):
+        train(tiny_config(train__steps=5, train__amp="auto"), run)
+    assert "mixed precision on this CPU: bf16 steps take" in caplog.text
+    chosen = load_config(config_file=run / "config.toml").train.amp
+    assert chosen in ("off", "bf16") and checkpoint.load_latest(run)[0]["config"]["train"]["amp"] == chosen
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        train(tiny_config(train__steps=8, train__amp="auto"), run, resume=True)
+    assert "mixed precision on this CPU" not in caplog.text  # a resumed run keeps its precision
+    assert checkpoint.load_latest(run)[0]["config"]["train"]["amp"] == chosen

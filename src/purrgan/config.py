@@ -102,7 +102,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # last.safetensors plus this many - 1 older ones (last-1, ...), to fall back on
     nan_retries: int = 2  # on NaN/Inf: roll back to the last good checkpoint this many times, then stop
     nan_lr_factor: float = 0.5  # ... multiplying both learning rates by this at each roll-back (1 = unchanged)
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # mixed precision; "auto": bf16/fp16 on CUDA, off on CPU
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # mixed precision; "auto": bf16/fp16 on CUDA, measured on a CPU
     channels_last: Literal["auto", "on", "off", "true", "false"] = "auto"  # NHWC layout ("auto" = on)
     data_on_device: Literal["auto", "on", "off"] = "auto"  # keep the uint8 data set on the GPU ("off": pinned streaming)
     sync_batchnorm: bool = False  # with several GPUs: BatchNorm statistics over the global batch (CUDA only)

@@ -117,6 +117,43 @@ def prepare_config(config: Config, data: ImageSet) -> Config:
     return config
 
 
+def settle_precision(config: Config, data: ImageSet, device: torch.device, dist, resumed: str | None = None) -> Config:
+    """Return config with train.amp = "auto" settled for a CPU: bf16 only where a short measurement shows a gain.
+
+    bf16 autocast is 1.3-2x faster on CPUs with native bf16 and slower on those without, so "auto"
+    times a few small steps both ways (on throw-away networks: the run's random streams are
+    untouched) and keeps float32 unless bf16 is at least 15% faster. A resumed run keeps its choice.
+    """
+    if config.train.amp != "auto" or device.type != "cpu":
+        return config
+    if resumed in ("off", "bf16"):
+        return replace(config, train=replace(config.train, amp=resumed))
+    seconds = {}
+    for amp in ("off", "bf16"):
+        trial = replace(config, train=replace(config.train, amp=amp, compile=False, ema=0.0,
+                                              batch_size=min(config.train.batch_size, 32, len(data))))
+        state = TrainState.create(trial, data, device, type(dist)())  # this process alone: no collectives
+        for _ in range(2):  # warm-up: oneDNN builds its kernels on first use
+            train_step(state)
+        started = time.perf_counter()
+        for _ in range(3):
+            train_step(state)
+        seconds[amp] = time.perf_counter() - started
+    faster = seconds["bf16"] < seconds["off"] / 1.15
+    if dist.enabled:
+        faster = dist.any(faster, device)  # every rank takes the same precision
+    log.info("mixed precision on this CPU: bf16 steps take %.0f%% of the float32 time; training in %s",
+             100 * seconds["bf16"] / seconds["off"], "bf16" if faster else "float32")
+    return replace(config, train=replace(config.train, amp="bf16" if faster else "off"))
+
+
+def _saved_setting(saved: tuple[dict, Path] | None, section: str, key: str):
+    try:
+        return saved[0]["config"][section][key] if saved else None
+    except (KeyError, TypeError):
+        return None  # an incomplete checkpoint is reported when it is loaded
+
+
 def train(config: Config, run_dir: Path, resume: bool = False, on_progress: ProgressCallback | None = None,
           stop: threading.Event | None = None) -> RunResult:
     """Train config's GAN into run_dir (continuing its last checkpoint when resume) and return where things are.
@@ -132,16 +169,17 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     data, _ = split_validation(load_images(config.data.source, config.data.resolution, config.data.channels,
                                            config.data.classes), config.data.val_fraction)
     config = prepare_config(config, data)
+    saved = checkpoint.load_latest(run_dir) if resume else None
+    config = settle_precision(config, data, device, dist, _saved_setting(saved, "train", "amp"))
 
     state = TrainState.create(config, data, device, dist)
     evaluator = None
     if config.train.eval_every and dist.is_main:
         from .metrics.evaluate import Evaluator
         evaluator = Evaluator(config, device)  # fails fast: weights and reference statistics before training
-    if resume:
-        saved, source = checkpoint.load_latest(run_dir)
-        state.load_state_dict(saved, source)
-        log.info("resuming %s from step %d (%s)", run_dir, state.step, source)
+    if saved:
+        state.load_state_dict(*saved)
+        log.info("resuming %s from step %d (%s)", run_dir, state.step, saved[1])
     elif (run_dir / "checkpoints" / checkpoint.LAST).exists():
         raise PurrganError(f"{run_dir} already holds a run; add --resume to continue it or choose another --out")
     dist.barrier()  # every rank has looked before rank 0 writes
