@@ -164,14 +164,18 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
              "train.logger": args.logger, "train.eval_every": args.eval_every, "train.eval_num": args.eval_num,
              "train.inception_weights": args.inception_weights}
     overrides.update({k: v for k, v in named.items() if v is not None})
-    if args.data and not args.preset and not args.config and not args.resume:
-        # The default preset is 32x32 gray digits: another source keeps its own size and colour unless set.
-        from .data.sources import SOURCES, parse_source
+    if args.data is not None and not args.resume:
+        # The default preset is 32x32 gray digits: another source keeps its own size and colour unless set,
+        # and a prepared file always does (it holds one size). The run is then described by its real data.
+        from .data.prepare import is_prepared_file
+        from .data.sources import native_shape, parse_source
 
-        name = parse_source(args.data).name
-        resolution, channels = SOURCES[name].native if name in SOURCES else (64, 3)
-        overrides.setdefault("data.resolution", str(resolution))
-        overrides.setdefault("data.channels", str(channels))
+        spec = parse_source(args.data)
+        if (not args.preset and not args.config) or (spec.path is not None and is_prepared_file(spec.path)):
+            resolution, channels, _ = native_shape(spec)
+            overrides.setdefault("data.resolution", str(resolution))
+            overrides.setdefault("data.channels", str(channels))
+        overrides["description"] = ""
     if args.steps is not None:
         overrides["train.epochs"] = 0  # --steps wins over a preset's epochs
     return overrides
@@ -206,8 +210,6 @@ def _train(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"D {row['d_loss']:.3f}  G {row['g_loss']:.3f}  D(x) {row.get('d_real', 0):.2f}  "
                                 f"D(G(z)) {row.get('d_fake', 0):.2f}  {row['images_per_s']:.0f} img/s", refresh=False)
 
-    log.info("training %s (%s, %s loss) on %s into %s", config.model.arch, config.description or "custom config",
-             config.loss.name, config.data.source, out)
     stop = threading.Event()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
@@ -319,7 +321,7 @@ def _presets() -> int:
 def _data(args: argparse.Namespace) -> int:
     from .data import load_images
     from .data.download import cache_dir
-    from .data.sources import SOURCES, parse_source, verify_download
+    from .data.sources import SOURCES, native_shape, parse_source, verify_download
 
     if args.data_command == "list":
         for name, source in SOURCES.items():
@@ -331,7 +333,7 @@ def _data(args: argparse.Namespace) -> int:
             log.info("%s is ready (%.1f MB)", path, path.stat().st_size / 1e6)
         return 0
     spec = parse_source(args.source)
-    size, channels = SOURCES[spec.name].native if spec.name in SOURCES else (64, 3)
+    size, channels, _ = native_shape(spec)
     size, channels = args.size or size, args.channels or channels
     if args.data_command == "prepare":
         from .data.prepare import prepare
@@ -345,6 +347,10 @@ def _data(args: argparse.Namespace) -> int:
         print(f"images:   {len(data)} of {channels}x{size}x{size} ({data.images.numel() / 1e6:.1f} MB as uint8)")
         if data.skipped:
             print(f"skipped:  {data.skipped} unreadable files")
+        if data.duplicates:
+            print(f"dropped:  {data.duplicates} exact duplicates (one copy of each kept)")
+        if data.own_size:
+            print(f"own size: {data.own_size[0]}x{data.own_size[1]} (every image)")
         if data.labels is not None:
             counts = data.labels.bincount(minlength=len(data.class_names)).tolist()
             print(f"classes:  {len(data.class_names)}")

@@ -246,6 +246,10 @@ def set_value(config: Config, dotted: str, value: Any) -> Config:
 
     `model.options.NAME=VALUE` sets one architecture option.
     """
+    if dotted == "description":
+        if not isinstance(value, str):
+            raise PurrganError("'description' must be a string")
+        return replace(config, description=value)
     section, _, key = dotted.partition(".")
     if section not in _SECTION_TYPES or not key:
         raise PurrganError(f"bad key '{dotted}'; use section.key with a section among: {', '.join(_SECTION_TYPES)}")

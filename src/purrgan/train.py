@@ -105,8 +105,38 @@ def _update(state: TrainState, side: str, loss: torch.Tensor, record: bool, hist
 # ---------------------------------------------------------------- the run
 
 
+def fit_to_prepared_file(config: Config) -> Config:
+    """Return config at the size and channels of its data when the data is a prepared file (which holds one size)."""
+    from .data.prepare import is_prepared_file, read_metadata
+    from .data.sources import parse_source
+
+    spec = parse_source(config.data.source)
+    if spec.path is None or not is_prepared_file(spec.path):
+        return config
+    info = read_metadata(spec.path)
+    shape = int(info["resolution"]), int(info["channels"])
+    if shape != (config.data.resolution, config.data.channels):
+        log.info("%s holds %dx%d images with %d channel(s): training at that size", spec.path, shape[0], shape[0], shape[1])
+        config = replace(config, data=replace(config.data, resolution=shape[0], channels=shape[1]))
+    return config
+
+
+def describe(config: Config, data: ImageSet, total_steps: int) -> str:
+    """Return the run's first line: what trains on what, at which size, for how long, where."""
+    size = f"{config.data.resolution}x{config.data.resolution} {'RGB' if config.data.channels == 3 else 'grayscale'}"
+    if data.own_size == (config.data.resolution, config.data.resolution):
+        size += " (the images' own size)"
+    counts = f"{len(data):,} images" + (f" of class {data.class_names[0]}" if len(data.class_names) == 1 else
+                                         f" in {len(data.class_names)} classes" if data.class_names else "")
+    dropped = [f"{n:,} {what}" for n, what in ((data.skipped, "unreadable skipped"), (data.duplicates, "duplicates dropped")) if n]
+    length = f"{total_steps:,} steps" + (f" ({config.train.epochs} epochs)" if config.train.epochs else "")
+    return (f"training {config.model.arch} with the {config.loss.name} loss on {config.data.source}: {counts}"
+            f"{' (' + ', '.join(dropped) + ')' if dropped else ''} at {size}, flips {config.data.hflip}; {length} "
+            f"of batch {config.train.batch_size}")
+
+
 def prepare_config(config: Config, data: ImageSet) -> Config:
-    """Return config completed by its data: classes of a conditional model, and whether flipping is valid."""
+    """Return config completed by its data: classes of a conditional model, whether flipping is valid, a description."""
     if config.model.conditional != "none":
         if data.labels is None or len(data.class_names) < 2:
             raise PurrganError(f"model.conditional = \"{config.model.conditional}\" needs a data set with at least 2 "
@@ -114,6 +144,10 @@ def prepare_config(config: Config, data: ImageSet) -> Config:
         config = replace(config, model=replace(config.model, num_classes=len(data.class_names)))
     if config.data.hflip == "auto":
         config = replace(config, data=replace(config.data, hflip="on" if data.flippable else "off"))
+    if not config.description:
+        classes = f" ({', '.join(config.data.classes)})" if config.data.classes else ""
+        config = replace(config, description=f"{config.model.arch} with the {config.loss.name} loss on "
+                                             f"{config.data.source}{classes}")
     return config
 
 
@@ -166,6 +200,7 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     device = resolve_device(device_name)
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    config = fit_to_prepared_file(config)
     data, _ = split_validation(load_images(config.data.source, config.data.resolution, config.data.channels,
                                            config.data.classes), config.data.val_fraction)
     config = prepare_config(config, data)
@@ -173,6 +208,9 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     config = settle_precision(config, data, device, dist, _saved_setting(saved, "train", "amp"))
 
     state = TrainState.create(config, data, device, dist)
+    if dist.is_main:
+        log.info("%s, on %s%s, into %s", describe(config, data, state.total_steps), device,
+                 " in bf16" if state.precision == torch.bfloat16 else "", run_dir)
     evaluator = None
     if config.train.eval_every and dist.is_main:
         from .metrics.evaluate import Evaluator

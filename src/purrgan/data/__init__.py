@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -20,13 +20,15 @@ class ImageSet:
     class_names: list[str] = field(default_factory=list)
     skipped: int = 0  # files that could not be decoded
     flippable: bool = True  # whether a mirrored image is still a valid sample (not for digits or text)
+    duplicates: int = 0  # exact duplicate files dropped
+    own_size: tuple[int, int] | None = None  # (width, height) every source image shared, for a folder or archive
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def subset(self, index: torch.Tensor) -> "ImageSet":
         labels = self.labels[index] if self.labels is not None else None
-        return ImageSet(self.images[index], self.name, labels, self.class_names, self.skipped, self.flippable)
+        return replace(self, images=self.images[index], labels=labels)
 
 
 def load_images(source: str, resolution: int, channels: int, classes: tuple[str, ...] | str = ()) -> ImageSet:
@@ -45,10 +47,9 @@ def load_images(source: str, resolution: int, channels: int, classes: tuple[str,
     if images.shape[1:] != (channels, resolution, resolution):
         raise PurrganError(f"{path} holds {tuple(images.shape[1:])} images, but the config asks for "
                            f"{(channels, resolution, resolution)}; prepare it again with that size")
-    if info.get("skipped"):
-        log.info("%s: %d unreadable files were skipped when it was prepared", info["source"], info["skipped"])
+    own = info.get("own_size")
     data = ImageSet(images, str(info.get("source", source)), labels, info.get("class_names", []), info.get("skipped", 0),
-                    bool(info.get("flippable", True)))
+                    bool(info.get("flippable", True)), int(info.get("duplicates", 0)), tuple(own) if own else None)
     return select_classes(data, classes) if classes else data
 
 
@@ -77,7 +78,7 @@ def select_classes(data: ImageSet, classes: tuple[str, ...] | str) -> ImageSet:
     keep = torch.isin(data.labels, old)
     remap = torch.full((len(data.class_names),), -1, dtype=torch.long)
     remap[old] = torch.arange(len(wanted))
-    return ImageSet(data.images[keep], data.name, remap[data.labels[keep]], wanted, data.skipped, data.flippable)
+    return replace(data, images=data.images[keep], labels=remap[data.labels[keep]], class_names=wanted)
 
 
 def split_validation(data: ImageSet, fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet | None]:

@@ -21,7 +21,7 @@ from safetensors.torch import save as st_save
 from .. import __version__
 from ..checkpoint import write_atomic
 from ..errors import PurrganError
-from .archives import IMAGE_EXTENSIONS
+from .archives import walk_images
 from .download import cache_dir
 from .sources import SOURCES, SourceSpec, local_files, read_source
 
@@ -31,25 +31,35 @@ log = logging.getLogger(__name__)
 
 
 def fingerprint(spec: SourceSpec, resolution: int, channels: int) -> str:
-    """Return a hash of what the prepared file depends on: the source's files (names, sizes, times) and the size."""
-    sha = hashlib.sha256(f"{FORMAT}|{spec.name}|{sorted(spec.options.items())}|{resolution}|{channels}".encode())
-    if spec.path is not None:
-        files = [spec.path] if spec.path.is_file() else sorted(
-            p for p in spec.path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """Return a hash of what the prepared file depends on: the source's files (names, sizes, times) and the size.
+
+    Names are taken relative to the source, so the same folder typed as `cifar/train` or as an
+    absolute path has one fingerprint (and one prepared file).
+    """
+    options = sorted((k, v) for k, v in spec.options.items() if k != "classes")  # classes are picked after loading
+    sha = hashlib.sha256(f"{FORMAT}|{spec.name}|{options}|{resolution}|{channels}".encode())
+    if spec.path is not None and spec.path.is_dir():
+        root = spec.path.resolve()
+        files = [(name, root / name) for name in walk_images(root)[0]]
+    elif spec.path is not None:
+        files = [(spec.path.name, spec.path)]
     elif SOURCES[spec.name].packaged:
-        files = local_files(spec, fetch=False)
+        files = [(p.name, p) for p in local_files(spec, fetch=False)]
     else:
         folder = Path(spec.options["path"]).expanduser() if "path" in spec.options else cache_dir() / spec.name
-        files = [folder] if folder.is_file() else [folder / f.filename for f in SOURCES[spec.name].files]
-    for file in files:
-        if file.exists():
+        files = [(folder.name, folder)] if folder.is_file() else [(f.filename, folder / f.filename)
+                                                                   for f in SOURCES[spec.name].files]
+    for name, file in files:
+        try:
             stat = file.stat()
-            sha.update(f"{file}|{stat.st_size}|{stat.st_mtime_ns};".encode())
+        except OSError:
+            continue
+        sha.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns};".encode("utf-8", "backslashreplace"))
     return sha.hexdigest()
 
 
 def default_path(spec: SourceSpec, resolution: int, channels: int) -> Path:
-    """Return where the prepared file of a source lives in the cache."""
+    """Return where the prepared file of a source lives in the cache (one file per resolved source, options and size)."""
     return cache_dir() / "prepared" / f"{spec.key()}-{resolution}px-{channels}c.safetensors"
 
 
@@ -89,7 +99,8 @@ def prepare(spec: SourceSpec, resolution: int, channels: int, out: Path | None =
         "fingerprint": want, "source": str(spec.path) if spec.path else spec.name, "options": spec.options,
         "resolution": resolution, "channels": channels, "count": int(decoded.images.shape[0]),
         "class_names": decoded.class_names, "class_counts": counts, "skipped": decoded.skipped,
-        "duplicates": decoded.duplicates, "flippable": spec.path is not None or SOURCES[spec.name].flippable,
+        "duplicates": decoded.duplicates, "grayscale": decoded.grayscale, "own_size": decoded.own_size,
+        "flippable": not decoded.grayscale if spec.path is not None else SOURCES[spec.name].flippable,
         "purrgan_version": __version__,
         "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -1,8 +1,12 @@
 """Named data sets (cats, CIFAR-10, MNIST, Fashion-MNIST, CelebA) and user paths, read into uint8 arrays.
 
-A source is written `NAME[:key=value[:key=value]]`, e.g. `cifar10:classes=cat,dog:split=test`, or is a
-path to a folder, .zip or .tar(.gz) of images. Named sets are downloaded into the cache folder on
-first use; a manual copy can sit there too, or be named with `path=`.
+A source is written `NAME[:key=value[:key=value]]`, e.g. `cifar10:classes=cat,dog:split=test`, or
+`PATH[:classes=...][:split=...]` for a folder, .zip or .tar(.gz) of images. Named sets win over a
+folder of the same name (write `./cats` for the folder). Named sets are downloaded into the cache
+folder on first use; a manual copy can sit there too, or be named with `path=`.
+
+In a folder or archive, sub-folders are classes; top-level `train/` and `test/` folders (the usual
+CIFAR and MNIST layout) are splits, with the classes under them.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import io
 import logging
 import pickle
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
@@ -19,11 +24,16 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..errors import PurrganError
-from .archives import is_archive, iter_images, read_members
+from .archives import ImageFiles, is_archive, read_members
 from .download import cache_dir, download, verify
-from .images import decode_image
+from .images import decode_image, is_grayscale_mode
+
+SPLITS = ("train", "test", "all")
+SPLIT_FOLDERS = ("train", "test")
+PATH_OPTIONS = {"classes": (), "split": SPLITS}
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +55,10 @@ class SourceSpec:
     def key(self) -> str:
         """Return a file-name-safe identifier of what is read (classes excluded: they are filtered later)."""
         if self.path is not None:
-            digest = hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:8]
-            return f"path-{self.path.name.replace('.', '_')}-{digest}"
+            split = self.options.get("split", "train")
+            digest = hashlib.sha1(f"{self.path.resolve()}|{split}".encode("utf-8", "backslashreplace")).hexdigest()[:8]
+            safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in self.path.resolve().name)[:40]
+            return f"path-{safe}-{digest}"
         opts = "-".join(f"{k}{v}" for k, v in sorted(self.options.items()) if k not in ("classes", "path"))
         copy = ""  # a manual copy elsewhere gets its own prepared file instead of rebuilding the cache's one
         if "path" in self.options:
@@ -61,6 +73,8 @@ class Decoded:
     class_names: list[str]
     skipped: int = 0
     duplicates: int = 0
+    grayscale: bool = False  # every source image was grayscale (digits, scans, text): flipping is off by default
+    own_size: tuple[int, int] | None = None  # the (width, height) every source image shares, if they share one
 
 
 @dataclass(frozen=True)
@@ -81,17 +95,27 @@ class NamedSource:
 
 def parse_source(text: str) -> SourceSpec:
     """Return the SourceSpec of a `--data` value, failing with the valid names and options."""
-    candidate = Path(text).expanduser()
-    if candidate.exists():
-        return SourceSpec("path", {}, candidate)
+    if not text.strip():
+        raise PurrganError("--data is empty (an unset shell variable?); give a folder, an archive or a named set "
+                           "(`purrgan data list`)")
     name, *parts = text.split(":")
-    if name not in SOURCES:
-        if "/" in text or "\\" in text or "." in name:
-            raise PurrganError(f"data path {text} does not exist")
-        raise PurrganError(f"data source '{text}' is neither a known data set ({', '.join(SOURCES)}) "
-                           f"nor an existing path; see `purrgan data list`")
+    if name in SOURCES:  # a named set wins over a folder of the same name in the current directory
+        if Path(name).exists():
+            log.warning("'%s' is purrgan's named data set; to use the folder %s here instead, write ./%s", name, name, name)
+        return SourceSpec(name, _options(name, parts, SOURCES[name].options))
+    pieces = text.split(":")
+    for end in range(len(pieces), 0, -1):  # the longest prefix that exists is the path (a path may hold ':')
+        path = Path(":".join(pieces[:end])).expanduser()
+        if path.exists():
+            return SourceSpec("path", _options(str(path), pieces[end:], PATH_OPTIONS), path)
+    if "/" in name or "\\" in name or "." in name:
+        raise PurrganError(f"data path {name} does not exist")
+    raise PurrganError(f"data source '{text}' is neither a known data set ({', '.join(SOURCES)}) "
+                       f"nor an existing path; see `purrgan data list`")
+
+
+def _options(name: str, parts: list[str], allowed: dict[str, tuple[str, ...]]) -> dict[str, str]:
     options = {}
-    allowed = SOURCES[name].options
     for part in parts:
         key, sep, value = part.partition("=")
         if not sep or key not in allowed:
@@ -100,7 +124,50 @@ def parse_source(text: str) -> SourceSpec:
         if allowed[key] and value not in allowed[key]:
             raise PurrganError(f"'{key}' of {name} is '{value}'; allowed values: {', '.join(allowed[key])}")
         options[key] = value
-    return SourceSpec(name, options)
+    return options
+
+
+MODEL_SIZES = (16, 32, 64, 128)
+
+
+def native_shape(spec: SourceSpec) -> tuple[int, int, str]:
+    """Return (resolution, channels, why) a source is used at when nobody says otherwise.
+
+    A named set has its own; a prepared file carries its own; a folder or archive whose images all
+    share one square size keeps it when the models build that size (16, 32, 64, 128), rounds a
+    smaller one up (28 -> 32), and otherwise uses 64; its channels are 1 when every image is grayscale.
+    """
+    if spec.path is None:
+        return (*SOURCES[spec.name].native, "the data set's own size")
+    from .prepare import is_prepared_file, read_metadata
+
+    if is_prepared_file(spec.path):
+        info = read_metadata(spec.path)
+        return int(info["resolution"]), int(info["channels"]), "the prepared file's size"
+    if spec.path.is_file() and not is_archive(spec.path):
+        return 64, 3, "the default size"
+    try:
+        files = ImageFiles(spec.path)
+        names = Layout(files.names).select(spec.options.get("split", "train"), str(spec.path))
+    except PurrganError:
+        return 64, 3, "the default size"  # loading the data says what is wrong with it
+    sizes, gray = Counter(), True
+    for name, blob in files.pairs(names[:: max(1, len(names) // 500)]):  # a sample of up to ~500 headers
+        if isinstance(blob, Exception):
+            continue
+        try:
+            with Image.open(io.BytesIO(blob)) as image:
+                sizes[image.size] += 1
+                gray = gray and is_grayscale_mode(image.mode)
+        except Exception:  # noqa: BLE001 - unreadable files are counted when the data is decoded
+            continue
+    channels = 1 if gray and sizes else 3
+    if len(sizes) == 1:
+        (width, height), = sizes
+        if width == height and (width in MODEL_SIZES or width < 64):
+            fitted = next(size for size in MODEL_SIZES if size >= width)
+            return fitted, channels, "the images' own size" if fitted == width else f"their own size {width} rounded up"
+    return 64, channels, "the default size (the images differ in size)" if len(sizes) > 1 else "the default size"
 
 
 def local_files(spec: SourceSpec, fetch: bool = True) -> list[Path]:
@@ -152,24 +219,42 @@ def fit_array(images: np.ndarray, resolution: int, channels: int, pad_to: int | 
     return np.ascontiguousarray(x.numpy())
 
 
-def decode_files(pairs: Iterable[tuple[str, bytes]], resolution: int, channels: int, crop: float | None = None,
-                 origin: str = "") -> Decoded:
-    """Return every decodable image of (name, bytes) pairs, with labels from sub-folders and duplicates dropped."""
-    arrays, names, seen = [], [], set()
-    skipped, duplicates, total, first_error = 0, 0, 0, ""
+def decode_files(files: ImageFiles | Iterable[tuple[str, bytes]], resolution: int, channels: int,
+                 crop: float | None = None, origin: str = "", split: str | None = None) -> Decoded:
+    """Return every decodable image of a folder or archive (or of (name, bytes) pairs) at one size.
+
+    Labels come from sub-folders; with top-level train/ and test/ folders, split picks the images
+    (train by default). Exact duplicates are dropped and unreadable files skipped, each counted.
+    """
+    if isinstance(files, ImageFiles):
+        layout = Layout(files.names)
+        chosen = layout.select(split or "train", origin)
+        pairs, skipped, first_error = files.pairs(chosen), files.problems, files.first_problem
+    else:
+        pairs, skipped, first_error = files, 0, ""
+    arrays, names, seen, sizes = [], [], set(), set()
+    duplicates, total, gray = 0, skipped, True
     for name, blob in pairs:
         total += 1
+        if isinstance(blob, Exception):
+            skipped += 1
+            first_error = first_error or str(blob)
+            continue
         digest = hashlib.sha1(blob).digest()
         if digest in seen:  # byte-identical copies would be trained on twice as often
             duplicates += 1
             continue
         seen.add(digest)
         try:
-            arrays.append(decode_image(blob, resolution, channels, crop=crop))
-            names.append(name)
+            array, was_gray, size = decode_image(blob, resolution, channels, crop=crop, name=name, report_mode=True)
         except PurrganError as error:
             skipped += 1
-            first_error = first_error or f"{name}: {str(error).split(': ', 1)[-1]}"
+            first_error = first_error or str(error)
+            continue
+        arrays.append(array)
+        names.append(name)
+        gray = gray and was_gray
+        sizes.add(size)
     if not arrays:
         if total == 0:
             raise PurrganError(f"no images in {origin}; expected files ending in .png, .jpg, .jpeg, .webp or .bmp")
@@ -179,21 +264,54 @@ def decode_files(pairs: Iterable[tuple[str, bytes]], resolution: int, channels: 
     if duplicates:
         log.warning("dropped %d exact duplicate files in %s (kept one copy of each)", duplicates, origin)
     labels, class_names = labels_from_names(names)
-    return Decoded(np.stack(arrays), labels, class_names, skipped, duplicates)
+    return Decoded(np.stack(arrays), labels, class_names, skipped, duplicates, gray, sizes.pop() if len(sizes) == 1 else None)
+
+
+def clean_class_name(name: str) -> str | None:
+    """Return a folder name fit to be a class name (and a file name), or None when nothing of it is."""
+    cleaned = "".join(ch for ch in name if ch.isprintable() and ch not in '/\\:*?"<>|').strip().strip(".")
+    return cleaned[:100] or None
+
+
+class Layout:
+    """How a folder's image names are organised: splits (train/, test/) and classes (sub-folders)."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        parts = [PurePosixPath(n).parts for n in names]
+        depth = 0  # folders that every file shares (e.g. an archive's single top folder)
+        while parts and all(len(p) > depth + 1 for p in parts) and len({p[depth] for p in parts}) == 1:
+            depth += 1
+        tops = {p[depth] for p in parts if len(p) > depth + 1}
+        self.split_of = None
+        if parts and "train" in tops and tops <= set(SPLIT_FOLDERS) and all(len(p) > depth + 1 for p in parts):
+            self.split_of = {n: p[depth] for n, p in zip(names, parts)}
+
+    def select(self, split: str, origin: str) -> list[str]:
+        if self.split_of is None:
+            if split not in ("train", "all"):
+                raise PurrganError(f"{origin} has no train/ and test/ folders, so :split={split} has nothing to pick")
+            return self.names
+        return [n for n in self.names if split == "all" or self.split_of[n] == split]
 
 
 def labels_from_names(names: list[str]) -> tuple[np.ndarray | None, list[str]]:
-    """Return labels from the first sub-folder under the names' common folder, when every image has one."""
+    """Return labels from the first sub-folder under the names' common folder (and split folder), when every image has one."""
     parts = [PurePosixPath(n).parts for n in names]
-    depth = 0  # strip folders that every file shares (e.g. an archive's single top folder)
-    while all(len(p) > depth + 1 for p in parts) and len({p[depth] for p in parts}) == 1:
+    depth = 0
+    while parts and all(len(p) > depth + 1 for p in parts) and len({p[depth] for p in parts}) == 1:
         depth += 1
-    if not all(len(p) > depth + 1 for p in parts):
+    if parts and all(len(p) > depth + 1 for p in parts) and {p[depth] for p in parts} <= set(SPLIT_FOLDERS):
+        depth += 1  # train/<class>/... and test/<class>/...: the classes are one level down
+    if not parts or not all(len(p) > depth + 1 for p in parts):
         return None, []
-    class_names = sorted({p[depth] for p in parts})
+    cleaned = {raw: clean_class_name(raw) for raw in {p[depth] for p in parts}}
+    if any(c is None for c in cleaned.values()) or len(set(cleaned.values())) < len(cleaned):
+        return None, []  # folder names that cannot be class names: train without classes rather than on wrong ones
+    class_names = sorted(set(cleaned.values()))
     if len(class_names) < 2:
         return None, []
-    return np.array([class_names.index(p[depth]) for p in parts], dtype=np.int64), class_names
+    return np.array([class_names.index(cleaned[p[depth]]) for p in parts], dtype=np.int64), class_names
 
 
 # ---------------------------------------------------------------- readers of the upstream formats
@@ -282,7 +400,7 @@ def read_digits(paths: list[Path], options: dict, resolution: int, channels: int
 
 def read_image_archives(paths: list[Path], options: dict, resolution: int, channels: int) -> Decoded:
     crop = float(options["crop"]) / 178 if "crop" in options else None  # CelebA's box, as a fraction of its width
-    pairs = (pair for path in paths for pair in iter_images(path))
+    pairs = (pair for path in paths for pair in ImageFiles(path).pairs())
     return decode_files(pairs, resolution, channels, crop=crop, origin=", ".join(p.name for p in paths))
 
 
@@ -340,7 +458,8 @@ def read_source(spec: SourceSpec, resolution: int, channels: int) -> Decoded:
     if spec.path is not None:
         if spec.path.is_file() and not is_archive(spec.path):
             raise PurrganError(f"data path {spec.path} is a file but not a .zip or .tar(.gz) archive; give a folder or an archive")
-        return decode_files(iter_images(spec.path), resolution, channels, origin=str(spec.path))
+        return decode_files(ImageFiles(spec.path), resolution, channels, origin=str(spec.path),
+                            split=spec.options.get("split"))
     options = {**DEFAULT_OPTIONS.get(spec.name, {}), **spec.options}
     return SOURCES[spec.name].read(local_files(spec), options, resolution, channels)
 
@@ -348,6 +467,9 @@ def read_source(spec: SourceSpec, resolution: int, channels: int) -> Decoded:
 def verify_download(name: str) -> list[Path]:
     """Return the cached files of a named set, downloading and checking them."""
     spec = parse_source(name)
+    if spec.path is not None:
+        raise PurrganError(f"'{name}' is a path, not a named data set; `purrgan data download` takes one of: "
+                           f"{', '.join(SOURCES)}")
     paths = local_files(spec)
     for remote, path in zip(SOURCES[spec.name].files, paths):
         if path.parent == cache_dir() / spec.name:
