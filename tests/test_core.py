@@ -146,3 +146,17 @@ def test_amp_auto_on_the_cpu_is_measured_once_recorded_and_kept_on_resume(tmp_pa
         train(tiny_config(train__steps=8, train__amp="auto"), run, resume=True)
     assert "mixed precision on this CPU" not in caplog.text  # a resumed run keeps its precision
     assert checkpoint.load_latest(run)[0]["config"]["train"]["amp"] == chosen
+
+
+def test_max_minutes_stops_with_a_resumable_checkpoint(tmp_path, caplog):
+    import logging
+
+    run = tmp_path / "run"
+    args = ["train", "--out", str(run), "--quiet", "--steps", "100000", "--max-minutes", "0.02", "--logger", "none",
+            "--set", "train.amp=off", "--set", "model.g_width=8", "--set", "model.d_width=8", "--batch-size", "32"]
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 0
+    stopped = load_generator(run).step
+    assert 0 < stopped < 100000 and f"stopped at step {stopped} of 100000" in caplog.text
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--max-minutes", "0.02"]) == 0
+    assert load_generator(run).step > stopped

@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     length = train.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="number of generator updates")
     length.add_argument("--epochs", type=int, help="number of passes over the data (instead of --steps)")
+    train.add_argument("--max-minutes", type=float, metavar="M",
+                       help="stop after M minutes of training with a checkpoint (continue later with --resume)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
@@ -162,7 +164,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     named = {"data.source": args.data, "train.steps": args.steps, "train.epochs": args.epochs,
              "train.batch_size": args.batch_size, "train.seed": args.seed, "train.device": args.device,
              "train.logger": args.logger, "train.eval_every": args.eval_every, "train.eval_num": args.eval_num,
-             "train.inception_weights": args.inception_weights}
+             "train.inception_weights": args.inception_weights, "train.max_minutes": args.max_minutes}
     overrides.update({k: v for k, v in named.items() if v is not None})
     if args.data is not None and not args.resume:
         # The default preset is 32x32 gray digits: another source keeps its own size and colour unless set,
@@ -230,7 +232,8 @@ def _train(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     if result.stopped:
-        log.info("stopped at step %d with a checkpoint; continue with: purrgan train --out %s --resume", result.steps, out)
+        log.info("stopped at step %d of %d with a checkpoint; continue with: purrgan train --out %s --resume",
+                 result.steps, result.total_steps, out)
         return 0
     log.info("done after %d steps: samples %s, checkpoint %s", result.steps, result.final_grid, result.checkpoint)
     return 0

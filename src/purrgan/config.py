@@ -86,6 +86,7 @@ class AugmentConfig:
 class TrainConfig:
     steps: int = 2000  # generator updates; ignored when epochs > 0
     epochs: int = 0  # passes over the data; 0 means "use steps"
+    max_minutes: float = 0.0  # stop (with a checkpoint, resumable) after this much training time in one session; 0 = no limit
     batch_size: int = 128
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
@@ -138,7 +139,7 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {("train", "steps"), ("train", "epochs"), ("train", "seed"), ("model", "num_classes"),
                  ("loss", "gp_weight"), ("loss", "r1_gamma"), ("loss", "r2_gamma"), ("augment", "instance_noise"),
-                 ("train", "ema_start"), ("train", "nan_retries"), ("train", "eval_every")}
+                 ("train", "ema_start"), ("train", "nan_retries"), ("train", "eval_every"), ("train", "max_minutes")}
 _FRACTIONS = {("loss", "label_smoothing"), ("train", "ema"), ("data", "val_fraction"), ("optim", "beta1"),
               ("optim", "beta2"), ("augment", "ada_target")}  # in [0, 1)
 _LIMITS = {  # upper bounds that keep values meaningful (and inside what torch accepts)

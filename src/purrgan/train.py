@@ -37,7 +37,8 @@ class RunResult:
     steps: int
     checkpoint: Path
     final_grid: Path
-    stopped: bool = False  # ended early on request (a signal), resumable
+    stopped: bool = False  # ended early (a signal or train.max_minutes), resumable
+    total_steps: int = 0
 
 
 # ---------------------------------------------------------------- one step
@@ -242,7 +243,7 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
         final = finish_run(run_dir, config, state.sampler, state.class_names, state.step, state.generator_ema is not None)
     dist.barrier()
     teardown_distributed(dist)
-    return RunResult(run_dir, state.step, checkpoint.find_checkpoint(run_dir), final, stopped)
+    return RunResult(run_dir, state.step, checkpoint.find_checkpoint(run_dir), final, stopped, state.total_steps)
 
 
 def run_loop(state: TrainState, run_dir: Path, monitor, evaluator, on_progress: ProgressCallback | None,
@@ -257,11 +258,11 @@ def run_loop(state: TrainState, run_dir: Path, monitor, evaluator, on_progress: 
         return every > 0 and (state.step % every == 0 or state.step == total)
 
     def stop_requested() -> bool:  # with several ranks they agree at log steps, so that all stop at the same step
-        if stop is None:
-            return False
+        out_of_time = 0 < config.train.max_minutes * 60 <= time.perf_counter() - clock["start"]
+        asked = out_of_time or (stop is not None and stop.is_set())
         if not dist.enabled:
-            return stop.is_set()
-        return state.step % config.train.log_every == 0 and dist.any(stop.is_set(), state.device)
+            return asked
+        return state.step % config.train.log_every == 0 and dist.any(asked, state.device)
 
     while state.step < total and not stop_requested():
         log_now = due_next(state.step, config.train.log_every, total)
