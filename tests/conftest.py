@@ -35,7 +35,10 @@ def trained_run(tmp_path_factory) -> Path:
 
 def pytest_configure(config):
     # Prepared data files and downloads go to a throw-away cache, never the user's.
+    import atexit
     import os
+    import shutil
     import tempfile
 
     os.environ["PURRGAN_DATA"] = tempfile.mkdtemp(prefix="purrgan-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["PURRGAN_DATA"], True)

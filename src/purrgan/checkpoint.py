@@ -11,6 +11,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,11 @@ from safetensors.torch import save as st_save
 from . import __version__
 from .errors import PurrganError
 
-FORMAT = "purrgan-checkpoint-1"
+FORMAT = "purrgan-checkpoint-2"  # the SHA-256 covers every byte of the file
+FORMAT_0_1 = "purrgan-checkpoint-1"  # purrgan 0.1: the SHA-256 covers the tensors only
 LAST = "last.safetensors"
+NEW = f".{LAST}.new"  # the next last.safetensors, complete on disk before any rotation starts
+_NO_HASH = "0" * 64
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +51,8 @@ def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def _unflatten(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if not isinstance(node, dict) or len(node) != 1:
+        raise ValueError("a node of the skeleton is not a one-entry table")
     (kind, value), = node.items()
     if kind == "T":
         return tensors[value]
@@ -73,16 +80,27 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def encode(state: dict[str, Any]) -> bytes:
-    """Return the checkpoint file's bytes for a nested state dict of tensors and plain values."""
+    """Return the checkpoint file's bytes for a nested state dict of tensors and plain values.
+
+    The SHA-256 stored in the header is that of the whole file with the hash itself written as zeros,
+    so an edit anywhere (a tensor, the step in the header) is found.
+    """
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, "s", tensors)
-    metadata = {
-        "format": FORMAT,
-        "purrgan_version": __version__,
-        "skeleton": json.dumps(skeleton),
-        "sha256": _digest(tensors),
-    }
-    return st_save(tensors, metadata=metadata)
+    metadata = {"format": FORMAT, "purrgan_version": __version__, "skeleton": json.dumps(skeleton), "sha256": _NO_HASH}
+    blob = st_save(tensors, metadata=metadata)
+    start = _hash_position(blob)
+    digest = hashlib.sha256(blob).hexdigest().encode()
+    return blob[:start] + digest + blob[start + 64:]
+
+
+def _hash_position(blob: bytes) -> int:
+    """Return where the 64 hex digits of "sha256" start in a checkpoint's header (ValueError if it has none)."""
+    header_end = 8 + int.from_bytes(blob[:8], "little")
+    match = re.search(rb'"sha256":\s*"([0-9a-f]{64})"', blob[8:header_end])
+    if match is None:
+        raise ValueError("no sha256 in the header")
+    return 8 + match.start(1)
 
 
 def decode(blob: bytes, origin: str = "checkpoint") -> dict[str, Any]:
@@ -94,17 +112,26 @@ def decode(blob: bytes, origin: str = "checkpoint") -> dict[str, Any]:
         metadata = _read_metadata(blob)
     except (SafetensorError, ValueError, OSError, UnicodeDecodeError) as error:
         raise PurrganError(f"{origin} is not a purrgan checkpoint or is truncated/corrupt ({error})") from None
-    if metadata.get("format") != FORMAT:
+    if metadata.get("format") not in (FORMAT, FORMAT_0_1):
         raise PurrganError(f"{origin} is a safetensors file but not a purrgan checkpoint")
-    version = metadata.get("purrgan_version", "0")
+    version = str(metadata.get("purrgan_version", "0"))
     if _version_tuple(version) > _version_tuple(__version__):
         raise PurrganError(f"{origin} was written by purrgan {version}, newer than this purrgan {__version__}; upgrade purrgan")
-    if _digest(tensors) != metadata.get("sha256"):
-        raise PurrganError(f"{origin} is corrupt: its content does not match the hash stored in it")
+    if metadata["format"] == FORMAT_0_1:
+        intact = _digest(tensors) == metadata.get("sha256")
+    else:
+        try:
+            start = _hash_position(blob)
+            intact = hashlib.sha256(blob[:start] + _NO_HASH.encode() + blob[start + 64:]).hexdigest() == metadata.get("sha256")
+        except ValueError:
+            intact = False
+    if not intact:
+        raise PurrganError(f"{origin} is corrupt or was edited: its content does not match the hash stored in it")
     try:
         return _unflatten(json.loads(metadata["skeleton"]), tensors)
-    except (KeyError, ValueError, TypeError, AttributeError) as error:
-        raise PurrganError(f"{origin} has a damaged structure ({error})") from None
+    except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as error:
+        detail = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise PurrganError(f"{origin} has a damaged structure ({detail})") from None
 
 
 def _read_metadata(blob: bytes) -> dict[str, str]:
@@ -129,20 +156,35 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def write_atomic(path: Path, blob: bytes) -> None:
+def write_atomic(path: Path, blob: bytes, what: str = "the previous checkpoint is untouched") -> None:
     """Write blob to path so that path is either the old file or the complete new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             handle.write(blob)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise PurrganError(f"could not write {path}: {error.strerror or error}; the previous checkpoint is untouched") from None
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder itself cannot be written: there is no temporary file to remove
+        raise PurrganError(f"could not write {path}: {error.strerror or error}; {what}") from None
     _fsync_dir(path.parent)
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Delete the temporary files that killed writes left in folder (call only while holding the run's lock)."""
+    removed = []
+    for leftover in folder.glob(".*.tmp-*"):
+        try:
+            leftover.unlink()
+            removed.append(leftover)
+        except OSError:
+            pass
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -165,25 +207,43 @@ def _older(index: int) -> str:
 def save(folder: Path, state: dict[str, Any], extra_names: tuple[str, ...] = (), keep: int = 2) -> Path:
     """Write state as folder/last.safetensors, keeping the keep - 1 before it as last-1, last-2, ...
 
-    The new file is complete on disk before any older one moves, so a crash at any moment leaves
-    every file that exists whole. extra_names get a copy too (e.g. per-epoch checkpoints).
+    Crash-consistent at every moment: the new file is complete on disk (as .last.safetensors.new)
+    before anything moves; last.safetensors is never absent (it is hard-linked to last-1 before the
+    new file replaces it); and loading takes a complete .new file as the newest. extra_names get a
+    copy too (e.g. per-epoch checkpoints).
     """
     blob = encode(state)
-    tmp = folder / f".{LAST}.new"
-    write_atomic(tmp, blob)
-    for index in range(keep - 2, -1, -1):  # last-1 -> last-2, last -> last-1 (each replace drops the oldest)
-        if (folder / _older(index)).exists():
-            os.replace(folder / _older(index), folder / _older(index + 1))
-    os.replace(tmp, folder / LAST)
+    write_atomic(folder / NEW, blob)
+    try:
+        for index in range(keep - 2, 0, -1):  # last-1 -> last-2, ... (each replace drops the oldest)
+            if (folder / _older(index)).exists():
+                os.replace(folder / _older(index), folder / _older(index + 1))
+        if keep >= 2 and (folder / LAST).exists():
+            _link_or_copy(folder / LAST, folder / _older(1))  # last-1 is the old last; last stays in place
+        os.replace(folder / NEW, folder / LAST)
+    except OSError as error:
+        raise PurrganError(f"could not rotate the checkpoints in {folder}: {error.strerror or error}; "
+                           f"the newest complete one is kept and --resume finds it") from None
     _fsync_dir(folder)
     for name in extra_names:
         write_atomic(folder / name, blob)
     return folder / LAST
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Make target a second name of source (a copy where the filesystem has no hard links), atomically."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
 def checkpoints_newest_first(folder: Path) -> list[Path]:
-    """Return last.safetensors, last-1.safetensors, ... that exist in folder."""
-    found = [folder / LAST] if (folder / LAST).exists() else []
+    """Return .last.safetensors.new (a rotation cut short), last.safetensors, last-1.safetensors, ... that exist."""
+    found = [folder / name for name in (NEW, LAST) if (folder / name).exists()]
     older = sorted(folder.glob("last-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]) if p.stem.split("-")[1].isdigit() else 1 << 30)
     return found + older
 
@@ -192,7 +252,11 @@ def load(path: Path) -> dict[str, Any]:
     """Return the state in a checkpoint file."""
     if not path.is_file():
         raise PurrganError(f"checkpoint {path} does not exist")
-    return decode(path.read_bytes(), str(path))
+    try:
+        blob = path.read_bytes()
+    except OSError as error:
+        raise PurrganError(f"cannot read {path}: {error.strerror or error}") from None
+    return decode(blob, str(path))
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -226,5 +290,7 @@ def load_latest(path: str | Path) -> tuple[dict[str, Any], Path]:
             continue
         if candidate != candidates[0]:
             log.warning("using %s instead", candidate)
+        elif candidate.name == NEW:
+            log.info("%s is the newest complete checkpoint (a rotation was cut short); using it", candidate)
         return state, candidate
     raise first_error

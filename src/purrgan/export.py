@@ -8,13 +8,15 @@ class-conditional model, and gives `images`, float32 (N, C, H, W) in [-1, 1] (ma
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as st_save
 from torch import nn
 
+from .checkpoint import write_atomic
 from .config import to_dict
 from .errors import PurrganError
 from .generate import TrainedGenerator
@@ -42,7 +44,8 @@ def export(generator: TrainedGenerator, fmt: str, out: Path) -> Path:
     if config.model.conditional == "per-class" and fmt != "safetensors":
         raise PurrganError("a per-class run is exported one class at a time: "
                            "purrgan export RUN/generators/<class>.safetensors --format " + fmt)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise PurrganError(f"--out {out} is a folder; give a file name such as generator.{fmt}")
     module = _Exportable(generator).eval().cpu()
     z = torch.randn(2, generator.z_dim)
     inputs = (z, torch.zeros(2, dtype=torch.long)) if generator.classes else (z,)
@@ -52,14 +55,27 @@ def export(generator: TrainedGenerator, fmt: str, out: Path) -> Path:
                     "classes": json.dumps(generator.classes), "step": str(generator.step),
                     "inputs": "z: float32 (N, z_dim) ~ N(0, 1)" + ("; labels: int64 (N,)" if generator.classes else ""),
                     "outputs": "images: float32 (N, C, H, W) in [-1, 1]"}
-        save_file({k: v.detach().contiguous().cpu() for k, v in module.network.state_dict().items()}, str(out), metadata)
-    elif fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit's deprecation notice: the format itself is still loadable
-            traced = torch.jit.trace(module, inputs)
-        traced.save(str(out))
+        blob = st_save({k: v.detach().contiguous().cpu() for k, v in module.network.state_dict().items()}, metadata)
+        write_atomic(out, blob, "nothing was exported")  # a normal file mode (safetensors' own writer makes 0600)
     else:
-        _export_onnx(module, inputs, names, out)
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if fmt == "torchscript":
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # torch.jit's deprecation notice: the format itself is still loadable
+                    traced = torch.jit.trace(module, inputs)
+                traced.save(str(tmp))
+            else:
+                _export_onnx(module, inputs, names, tmp)
+            os.replace(tmp, out)
+        except OSError as error:
+            raise PurrganError(f"could not write {out}: {error.strerror or error}") from None
+        finally:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
     write_model_card(generator, out.with_name(out.stem + ".MODEL.md"), export_format=fmt, export_file=out.name)
     return out
 

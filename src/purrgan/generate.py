@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -60,18 +61,37 @@ class TrainedGenerator(nn.Module):
             generator.seed()
         else:
             generator.manual_seed(seed)
+        if n < 0 or n > 10_000_000:
+            raise PurrganError(f"cannot draw {n} images; ask for between 0 and 10,000,000")
         z = torch.randn(n, self.z_dim, generator=generator)  # drawn on the CPU so a seed means the same on any device
         if truncation is not None:
-            if truncation <= 0:
-                raise PurrganError("--truncation must be positive (e.g. 0.7)")
-            while (outside := z.abs() > truncation).any():
-                z[outside] = torch.randn(int(outside.sum()), generator=generator)
+            z = truncate(z, truncation, generator)
         labels = self.labels_for(n, class_name)
         chunks = []
         for start in range(0, n, batch_size):
             chunk_labels = labels[start:start + batch_size].to(self.device) if labels is not None else None
             chunks.append(self.network(z[start:start + batch_size].to(self.device), chunk_labels).float().cpu())
         return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+def truncate(z: torch.Tensor, t: float, generator: torch.Generator) -> torch.Tensor:
+    """Return z with every coordinate outside [-t, t] redrawn from the normal distribution cut to [-t, t].
+
+    Redrawing is exact and quick for the usual t (0.5-1); after a few rounds the rest is drawn by inverting
+    the normal CDF, so even t = 1e-9 ends at once.
+    """
+    if not (t > 0 and math.isfinite(t)):
+        raise PurrganError("--truncation must be a positive number (e.g. 0.7)")
+    for _ in range(16):
+        outside = z.abs() > t
+        if not outside.any():
+            return z
+        z[outside] = torch.randn(int(outside.sum()), generator=generator)
+    outside = z.abs() > t
+    edge = torch.special.ndtr(torch.tensor(-t, dtype=torch.float64))  # P(Z < -t)
+    u = edge + (1 - 2 * edge) * torch.rand(int(outside.sum()), generator=generator, dtype=torch.float64)
+    z[outside] = torch.special.ndtri(u).clamp(-t, t).float()
+    return z
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> TrainedGenerator:
@@ -81,17 +101,35 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", ema: bo
         return exported.to(device)
     state, source = checkpoint.load_latest(path)
     try:
-        config = from_dict(state["config"])
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            raise KeyError("config")
+        config = checked_model_config(state["config"])
         network = build_generator(config)
         weights = state.get("generator_ema") if ema and state.get("generator_ema") is not None else state["generator"]
         network.load_state_dict(weights)
-    except (KeyError, RuntimeError, PurrganError) as error:
+        classes = [str(c) for c in (state.get("class_names") or [])] if config.model.conditional != "none" else []
+        step = int(state.get("step", 0))
+    except (KeyError, RuntimeError, PurrganError, TypeError, ValueError, AttributeError) as error:
         raise PurrganError(f"{source} does not hold a generator this purrgan can build "
                            f"({checkpoint.describe_load_error(error)})") from None
     network.eval()
-    classes = (state.get("class_names") or []) if config.model.conditional != "none" else []
-    return TrainedGenerator(network, config.model.z_dim, classes, config, int(state.get("step", 0)),
+    return TrainedGenerator(network, config.model.z_dim, classes, config, step,
                             uses_ema=weights is state.get("generator_ema")).to(device)
+
+
+def checked_model_config(raw: dict):
+    """Return the Config stored with a generator, checked before anything is built from it (sizes, architecture)."""
+    from .config import validate
+    from .models import ARCHITECTURES
+
+    config = from_dict(raw)
+    validate(config)
+    if config.model.arch not in ARCHITECTURES:
+        raise PurrganError(f"unknown model.arch '{config.model.arch}' (written by another purrgan?)")
+    ARCHITECTURES[config.model.arch].check(config)
+    if config.model.conditional != "none" and not 2 <= config.model.num_classes <= 100_000:
+        raise PurrganError(f"a conditional generator with {config.model.num_classes} classes")
+    return config
 
 
 def _read_export(path: Path) -> TrainedGenerator | None:
@@ -106,13 +144,17 @@ def _read_export(path: Path) -> TrainedGenerator | None:
             if metadata.get("format") != "purrgan-generator-1":
                 return None
             weights = {key: handle.get_tensor(key) for key in handle.keys()}
-        config = from_dict(json.loads(metadata["config"]))
+        config = checked_model_config(json.loads(metadata["config"]))
         network = build_generator(config)
         network.load_state_dict(weights)
-    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as error:
+        classes = json.loads(metadata.get("classes", "[]"))
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise ValueError("its class names are not a list of names")
+        step = int(metadata.get("step", 0))
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError, RecursionError,
+            PurrganError) as error:
         raise PurrganError(f"{path} is not a loadable purrgan generator ({checkpoint.describe_load_error(error)})") from None
-    return TrainedGenerator(network.eval(), config.model.z_dim, json.loads(metadata.get("classes", "[]")), config,
-                            int(metadata.get("step", 0)))
+    return TrainedGenerator(network.eval(), config.model.z_dim, classes, config, step)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -52,5 +52,7 @@ def write_model_card(generator, path: Path, run_dir: Path | None = None, export_
         "```",
         "",
     ]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    from .checkpoint import write_atomic
+
+    write_atomic(path, "\n".join(lines).encode("utf-8"), "no model card was written")
     return path

@@ -8,6 +8,7 @@ column of metrics.csv and a TensorBoard tag. Everything the monitor writes can b
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -44,10 +45,23 @@ def grid_image(images: torch.Tensor, nrow: int | None = None) -> Image.Image:
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> Path:
-    """Write images in [-1, 1] as one PNG grid and return its path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid_image(images, nrow).save(path)
+    """Write images in [-1, 1] as one PNG grid (atomically: never a half-written picture) and return its path."""
+    save_image(grid_image(images, nrow), path)
     return path
+
+
+def save_image(image: Image.Image, path: Path) -> None:
+    """Write a PIL image as PNG atomically; PurrganError (one line) when the path cannot be written."""
+    import io
+
+    from .checkpoint import write_atomic
+    from .errors import PurrganError
+
+    if path.is_dir():
+        raise PurrganError(f"{path} is a folder; give a file name ending in .png")
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    write_atomic(path, buffer.getvalue(), "nothing else was changed")
 
 
 # ---------------------------------------------------------------- metrics files
@@ -93,14 +107,16 @@ class MetricsWriter:
         self._rewrite()
 
     def _rewrite(self) -> None:
-        # Both files are rebuilt from the kept rows: a rewind, a repaired last line or a new column.
+        # Both files are rebuilt from the kept rows (a rewind, a repaired last line or a new column), atomically.
+        from .checkpoint import write_atomic
+
         self.columns = _columns(self.rows)
-        with open(self.jsonl_path, "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in self.rows)
-        with open(self.csv_path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows({k: _round(v) for k, v in row.items()} for row in self.rows)
+        write_atomic(self.jsonl_path, "".join(json.dumps(row) + "\n" for row in self.rows).encode(), "metrics unchanged")
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: _round(v) for k, v in row.items()} for row in self.rows)
+        write_atomic(self.csv_path, table.getvalue().encode(), "metrics unchanged")
 
     def rewind(self, step: int) -> None:
         self.rows = [r for r in self.rows if r["step"] <= step]
@@ -114,14 +130,23 @@ class MetricsWriter:
         with open(self.jsonl_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
         with open(self.csv_path, "a", newline="", encoding="utf-8") as handle:
-            csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore").writerow(
+            csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n").writerow(
                 {k: _round(v) for k, v in row.items()})
 
 
 def layer_grad_norms(model: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
-    """Return the L2 norm of each parameter's gradient ("gradient flow") as 0-dim tensors, tagged grad_norm/<prefix>/<name>."""
-    return {f"grad_norm/{prefix}/{name}": p.grad.detach().norm() for name, p in model.named_parameters()
-            if p.grad is not None}
+    """Return the gradient flow of each parameter as 0-dim tensors: its L2 norm (grad_norm/<prefix>/<name>) and,
+    for weights, the mean and max of |grad| (grad_mean/..., grad_max/...: the per-layer chart in the report)."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        grad = p.grad.detach()
+        out[f"grad_norm/{prefix}/{name}"] = grad.norm()
+        if p.dim() > 1:
+            out[f"grad_mean/{prefix}/{name}"] = grad.abs().mean()
+            out[f"grad_max/{prefix}/{name}"] = grad.abs().max()
+    return out
 
 
 def weights_and_grads(model: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
@@ -141,7 +166,8 @@ class RunMonitor:
     else; start() then rewinds the run's files to the step training continues from.
     """
 
-    def __init__(self, run_dir: Path, config, total_steps: int, resume_step: int, real_images: torch.Tensor):
+    def __init__(self, run_dir: Path, config, total_steps: int, resume_step: int, real_images: torch.Tensor,
+                 summary: dict | None = None):
         from .config import active_loggers, to_dict
         from .health import HealthMonitor, mean_pairwise_distance
         from .loggers import make_loggers
@@ -151,7 +177,20 @@ class RunMonitor:
         self.health = HealthMonitor(config.loss.name, total_steps, mean_pairwise_distance(real_images))
         self.warnings_path = run_dir / "warnings.jsonl"
         self.metrics: MetricsWriter | None = None
-        self.resume_step = resume_step
+        self.resume_step, self.summary = resume_step, summary or {}
+        self.failed: set[str] = set()
+
+    def _guarded(self, what: str, action) -> None:
+        """Run one side write; a full disk or a vanished folder warns once and training goes on (checkpoints matter)."""
+        from .errors import PurrganError
+
+        try:
+            action()
+        except (OSError, PurrganError) as error:
+            if what not in self.failed:
+                self.failed.add(what)
+                reason = getattr(error, "strerror", None) or str(error)
+                log.warning("could not write %s (%s); training goes on without it", what, reason)
 
     def start(self) -> None:
         """Rewind every file to the step training continues from and show the real images."""
@@ -159,7 +198,9 @@ class RunMonitor:
         self._rewind_files(self.resume_step)
         for previous in read_jsonl(self.warnings_path):  # a resumed run does not repeat what it already said
             self.health.raised.add(previous.get("kind"))
-        save_grid(self.real_images, self.run_dir / "real.png")
+        self._guarded("real.png", lambda: save_grid(self.real_images, self.run_dir / "real.png"))
+        if self.summary:  # the data and the environment, for the report
+            self._guarded("run.json", lambda: _write_json(self.run_dir / "run.json", self.summary))
 
     def rewind(self, step: int) -> None:
         """Forget everything logged after step (a roll-back): rows, frames, grids, evaluations, logger events."""
@@ -171,31 +212,52 @@ class RunMonitor:
     def _rewind_files(self, step: int) -> None:
         from .gif import repair
 
-        kept = [w for w in read_jsonl(self.warnings_path) if w.get("step", 0) <= step]
+        from .checkpoint import write_atomic
+
+        kept = [w for w in read_jsonl(self.warnings_path) if isinstance(w.get("step", 0), int) and w.get("step", 0) <= step]
         if self.warnings_path.exists():
-            self.warnings_path.write_text("".join(json.dumps(w) + "\n" for w in kept), encoding="utf-8")
+            write_atomic(self.warnings_path, "".join(json.dumps(w) + "\n" for w in kept).encode(), "warnings unchanged")
         repair(self.run_dir / "progress.gif", keep_through_step=step)
         for grid in (self.run_dir / "samples").glob("step-*.png"):
             if grid.stem[5:].isdigit() and int(grid.stem[5:]) > step:
                 grid.unlink()
+        self._rebuild_frames(step)
         evaluations = self.run_dir / "eval.csv"
         if evaluations.is_file():
             with open(evaluations, newline="", encoding="utf-8") as handle:
                 rows = [r for r in csv.DictReader(handle) if (r.get("step") or "").isdigit() and int(r["step"]) <= step]
             if rows:
-                with open(evaluations, "w", newline="", encoding="utf-8") as handle:
-                    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                    writer.writeheader()
-                    writer.writerows(rows)
+                table = io.StringIO()
+                writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(rows)
+                write_atomic(evaluations, table.getvalue().encode(), "evaluations unchanged")
             else:
                 evaluations.unlink()
+
+    def _rebuild_frames(self, step: int) -> None:
+        # Frames a crash cut off the GIF come back from the grids saved beside it.
+        from .gif import append_frame, captioned, frames
+
+        gif = self.run_dir / "progress.gif"
+        present = [f.step for f in frames(gif.read_bytes())] if gif.exists() else []
+        last = max((s for s in present if s is not None), default=-1)
+        grids = sorted((int(p.stem[5:]), p) for p in (self.run_dir / "samples").glob("step-*.png") if p.stem[5:].isdigit())
+        for grid_step, path in grids:
+            if last < grid_step <= step:
+                with Image.open(path) as image:
+                    append_frame(gif, captioned(image.convert("RGB"), f"step {grid_step}"), step=grid_step)
 
     def log(self, step: int, row: dict[str, float], extra_scalars: dict[str, float],
             histograms: dict[str, torch.Tensor] | None) -> None:
         """Record one metrics row everywhere (every name in it) and run the loss-based health checks."""
-        self.metrics.write(row)
+        self._guarded("metrics.csv and metrics.jsonl", lambda: self.metrics.write(row))
         scalars = {tag(k): v for k, v in row.items() if k not in ("step", "epoch", "elapsed_s")}
-        scalars.update(extra_scalars)
+        flow = {k: v for k, v in extra_scalars.items() if k.startswith(("grad_mean/", "grad_max/"))}
+        scalars.update({k: v for k, v in extra_scalars.items() if k not in flow})
+        if flow:  # the last gradient flow, for the report's per-layer chart
+            self._guarded("gradient_flow.json", lambda: _write_json(self.run_dir / "gradient_flow.json",
+                                                                    {"step": step, **flow}))
         for logger in self.loggers:
             logger.scalars(step, scalars)
             if histograms:
@@ -208,43 +270,63 @@ class RunMonitor:
         from .gif import append_frame, captioned
 
         image = grid_image(images)
-        path = self.run_dir / "samples" / f"step-{step:06d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
-        append_frame(self.run_dir / "progress.gif", captioned(image, f"step {step}"), step=step)
+        self._guarded("the sample grids", lambda: save_image(image, self.run_dir / "samples" / f"step-{step:06d}.png"))
+        self._guarded("progress.gif", lambda: append_frame(self.run_dir / "progress.gif", captioned(image, f"step {step}"),
+                                                           step=step))
         for logger in self.loggers:
             logger.image(step, "samples/fixed_noise", image)
         for warning in self.health.check_samples(step, images):
             self.warn(warning)
 
+    def frame(self, step: int, images: torch.Tensor) -> None:
+        """Add a timelapse frame outside the sampling schedule (the untrained G at step 0, the last step of the run)."""
+        from .gif import append_frame, captioned
+
+        self._guarded("progress.gif", lambda: append_frame(self.run_dir / "progress.gif",
+                                                           captioned(grid_image(images), f"step {step}"), step=step))
+
     def evaluation(self, step: int, results: dict[str, float]) -> None:
         """Record metrics computed during training: eval.csv and the loggers."""
-        path = self.run_dir / "eval.csv"
-        new = not path.exists()
-        with open(path, "a", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["step", *results])
-            if new:
-                writer.writeheader()
-            writer.writerow({"step": step, **{k: round(v, 6) for k, v in results.items()}})
+        def write() -> None:
+            path = self.run_dir / "eval.csv"
+            new = not path.exists()
+            with open(path, "a", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=["step", *results])
+                if new:
+                    writer.writeheader()
+                writer.writerow({"step": step, **{k: round(v, 6) for k, v in results.items()}})
+
+        self._guarded("eval.csv", write)
         for logger in self.loggers:
             logger.scalars(step, {f"metrics/{k}": v for k, v in results.items()})
         log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
 
     def warn(self, warning) -> None:
         log.warning("%s", warning.message)
-        with open(self.warnings_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"kind": warning.kind, "step": warning.step, "message": warning.message}) + "\n")
+
+        def write() -> None:
+            with open(self.warnings_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"kind": warning.kind, "step": warning.step, "message": warning.message}) + "\n")
+
+        self._guarded("warnings.jsonl", write)
         for logger in self.loggers:
             logger.text(warning.step, f"warnings/{warning.kind}", warning.message)
 
     def checkpointed(self) -> None:
         from .plots import plot_losses
 
-        plot_losses(self.metrics.rows if self.metrics else read_metrics(self.run_dir), self.run_dir / "loss.png")
+        self._guarded("loss.png", lambda: plot_losses(self.metrics.rows if self.metrics else read_metrics(self.run_dir),
+                                                      self.run_dir / "loss.png"))
 
     def close(self) -> None:
         for logger in self.loggers:
             logger.close()
+
+
+def _write_json(path: Path, value: dict) -> None:
+    from .checkpoint import write_atomic
+
+    write_atomic(path, json.dumps(value, indent=1).encode(), "nothing else was changed")
 
 
 class NullMonitor:
@@ -254,6 +336,7 @@ class NullMonitor:
     def rewind(self, step: int) -> None: ...
     def log(self, *args, **kwargs) -> None: ...
     def samples(self, *args, **kwargs) -> None: ...
+    def frame(self, *args, **kwargs) -> None: ...
     def evaluation(self, *args, **kwargs) -> None: ...
     def warn(self, *args, **kwargs) -> None: ...
     def checkpointed(self) -> None: ...

@@ -3,37 +3,82 @@ model card and, for a per-class run, one stand-alone generator per class."""
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from . import checkpoint
 from .config import Config, to_dict
+from .errors import PurrganError
 from .generate import TrainedGenerator, fixed_noise, sample_fixed
 from .monitor import save_grid
 
+log = logging.getLogger(__name__)
+
 
 def finish_run(run_dir: Path, config: Config, sampler: nn.Module, class_names: list[str], step: int,
-               uses_ema: bool) -> Path:
-    """Write samples/final.png, report.html, MODEL.md (and generators/<class>.safetensors); return the grid's path."""
+               uses_ema: bool, data=None) -> Path:
+    """Write samples/final.png, the memorisation check, report.html, MODEL.md (and generators/<class>.safetensors)."""
     from .modelcard import write_model_card
     from .report import write_report
 
     device = next(sampler.parameters()).device
-    final = save_grid(sample_fixed(sampler, *fixed_noise(config, device)), run_dir / "samples" / "final.png")
-    write_report(run_dir)
+    final = run_dir / "samples" / "final.png"
     classes = class_names if config.model.conditional != "none" else []
     trained = TrainedGenerator(sampler, config.model.z_dim, classes, config, step, uses_ema=uses_ema)  # no reload from disk
-    write_model_card(trained, run_dir / "MODEL.md", run_dir=run_dir)
+    was_training = sampler.training
+    sampler.eval()
+    try:  # each product on its own: a full disk here loses none of the training, which the checkpoint holds
+        _make("samples/final.png", lambda: save_grid(sample_fixed(sampler, *fixed_noise(config, device)), final))
+        if classes:  # one row per class
+            _make("samples/classes.png", lambda: save_grid(
+                torch.cat([trained.sample(8, seed=0, class_name=name) for name in classes]),
+                run_dir / "samples" / "classes.png", nrow=8))
+        if data is not None:
+            _make("the memorisation check", lambda: check_memorisation(trained, data.images, run_dir))
+    finally:
+        sampler.train(was_training)
+    _make("report.html", lambda: write_report(run_dir))
+    _make("MODEL.md", lambda: write_model_card(trained, run_dir / "MODEL.md", run_dir=run_dir))
     if config.model.conditional == "per-class":
-        export_members(sampler, config, class_names, step, run_dir / "generators")
+        _make("generators/<class>.safetensors (export them later with purrgan export)",
+              lambda: export_members(sampler, config, class_names, step, run_dir / "generators"))
     return final
+
+
+def _make(what: str, action) -> None:
+    try:
+        action()
+    except (OSError, PurrganError) as error:
+        log.warning("could not write %s (%s); the trained model is safe in the checkpoint", what,
+                    getattr(error, "strerror", None) or error)
+
+
+def check_memorisation(generator: TrainedGenerator, training: torch.Tensor, run_dir: Path, samples: int = 256,
+                       most: int = 50_000) -> dict:
+    """Write memorisation.json and samples/nearest.png (8 samples, each beside its 3 nearest training images)."""
+    from .checkpoint import write_atomic
+    from .memorisation import memorisation, nearest_grid
+
+    if len(training) > most:  # a fixed random part of a large set (stated in the result)
+        training = training[torch.randperm(len(training), generator=torch.Generator().manual_seed(0))[:most]]
+    fake = generator.sample(samples, seed=0)
+    result = memorisation(fake, training)
+    save_grid(nearest_grid(fake[:8], training, k=3), run_dir / "samples" / "nearest.png", nrow=4)
+    write_atomic(run_dir / "memorisation.json", json.dumps(result, indent=1).encode(), "nothing else was changed")
+    return result
 
 
 def export_members(generator: nn.Module, config: Config, class_names: list[str], step: int, folder: Path) -> None:
     """Write one stand-alone, unconditional checkpoint per class, loadable by `purrgan sample` on its own."""
     member_config = replace(config, model=replace(config.model, conditional="none", num_classes=0))
     for name, member in zip(class_names, generator.members):
+        target = folder / f"{name}.safetensors"
+        if target.resolve().parent != folder.resolve():  # class names come from data: never write outside the folder
+            raise PurrganError(f"class name {name!r} cannot be a file name in {folder}")
         state = {"step": step, "config": to_dict(member_config), "class_names": [], "generator": member.state_dict()}
-        checkpoint.write_atomic(folder / f"{name}.safetensors", checkpoint.encode(state))
+        checkpoint.write_atomic(target, checkpoint.encode(state), "the run's checkpoints are untouched")
