@@ -98,8 +98,8 @@ def test_roll_back_leaves_no_duplicate_rows_frames_or_grids(tmp_path, monkeypatc
     assert steps == list(range(10, 101, 10))  # rows 60 and 70 were logged, rewound, and logged again once
     with open(run / "metrics.csv") as handle:
         assert [int(r["step"]) for r in csv.DictReader(handle)] == steps
-    assert [f.step for f in frames((run / "progress.gif").read_bytes())] == [25, 50, 75, 100]
-    assert Image.open(run / "progress.gif").n_frames == 4
+    assert [f.step for f in frames((run / "progress.gif").read_bytes())] == [0, 25, 50, 75, 100]
+    assert Image.open(run / "progress.gif").n_frames == 5
     assert "rolled back to step 50" in (run / "warnings.jsonl").read_text()
 
 

@@ -58,10 +58,14 @@ def test_pictures_and_report_are_written(logged_run):
     loss_png = Image.open(logged_run / "loss.png")
     assert loss_png.width > 500
     gif = Image.open(logged_run / "progress.gif")
-    assert gif.n_frames == 1 and gif.info.get("loop") == 0
+    # 60 steps, grids every 50: the untrained G at step 0, step 50, and the last step (issue 14: a timelapse
+    # even for a run shorter than sample_every)
+    assert gif.n_frames == 3 and gif.info.get("loop") == 0
     assert (logged_run / "real.png").is_file()
     page = (logged_run / "report.html").read_text()
-    assert page.count("data:image/") == 4 and "no health check fired" in page and "[model]" in page
+    # real, generated, nearest training images, timelapse, losses, gradient flow
+    assert page.count("data:image/") == 6 and "no health check fired" in page and "[model]" in page
+    assert "Memorisation score" in page and "Environment" in page and "torch" in page
 
 
 def test_gif_is_appended_frame_by_frame(tmp_path):
@@ -162,6 +166,7 @@ def test_wandb_logger_with_a_stand_in_module(tmp_path, monkeypatch):
     fake = types.SimpleNamespace(init=lambda **kwargs: fake_run, Image=lambda image: ("image", image.size),
                                  Histogram=lambda array: ("histogram", array.shape))
     monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no credentials on a test machine
     run = tmp_path / "run"
     train(tiny_config(train__steps=20, train__logger="wandb,tensorboard", train__sample_every=10), run)
     steps = [entry[0] for entry in logged if entry != "finish"]
@@ -197,7 +202,7 @@ def test_report_opens_in_headless_chromium_with_every_image_loaded(logged_run, t
                           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
                           "--virtual-time-budget=5000", "--dump-dom", copy.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
-    assert 'data-loaded="4/4"' in dom
+    assert 'data-loaded="6/6"' in dom
 
 
 def test_report_command(logged_run, tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -66,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="train", choices=("train", "val", "all"), help="real images to compare with")
     evaluate.add_argument("--real", metavar="PATH", help="with --fake: compare two folders/archives/prepared files")
     evaluate.add_argument("--fake", metavar="PATH")
-    evaluate.add_argument("--size", type=int, help="with --real/--fake: resolution to load folders at (default 64)")
+    evaluate.add_argument("--size", type=int, help="with --real/--fake: resolution to load them at (default: their own)")
     evaluate.add_argument("--inception-weights", metavar="PATH", help="local FID Inception weights (or $PURRGAN_INCEPTION)")
     evaluate.add_argument("--feature-extractor", default="inception", metavar="SPEC",
                           help="inception (default) or package.module:factory returning any images-to-vectors module")
@@ -116,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit status (0 ok, 2 a user error)."""
-    logging.basicConfig(level=logging.INFO, format="purrgan: %(message)s")
+    quiet_rank = _rank() != 0  # under torchrun only rank 0 talks
+    logging.basicConfig(level=logging.ERROR if quiet_rank else logging.INFO, format="purrgan: %(message)s")
     args = _parser().parse_args(argv)
     try:
         if args.command == "train":
@@ -149,9 +151,21 @@ def main(argv: list[str] | None = None) -> int:
     except PurrganError as error:
         print(f"purrgan: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a path that cannot be written or read: a full disk, a read-only folder, a missing parent
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"purrgan: error: {where}{error.strerror or error}; check the path and the free space", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("purrgan: error: out of memory; use a smaller --batch-size or image size", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("purrgan: interrupted", file=sys.stderr)
         return 130
+
+
+def _rank() -> int:
+    rank = os.environ.get("RANK", "0")
+    return int(rank) if rank.isdigit() else 0
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -186,6 +200,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    for flag, value in (("--steps", args.steps), ("--epochs", args.epochs), ("--batch-size", args.batch_size),
+                        ("--eval-num", args.eval_num)):
+        if value is not None and value <= 0:
+            raise PurrganError(f"{flag} must be positive, got {value}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise PurrganError(f"--max-minutes must be positive, got {args.max_minutes}")
+
     from .config import DEFAULT_PRESET, load_config
     from .train import train
 
@@ -200,17 +221,19 @@ def _train(args: argparse.Namespace) -> int:
 
     bar, shown = None, None  # the bar appears with the first step, so a failure before training prints only its message
 
-    def progress(step: int, total: int, row: dict[str, float] | None) -> None:
+    def progress(step: int, total: int, row: dict[str, float] | None, finished: bool = False) -> None:
         nonlocal bar, shown
-        if args.quiet:
+        if args.quiet or _rank() != 0:  # under torchrun only rank 0 talks
             return
         if bar is None:  # starts at the step training continues from: rate and ETA count this session's steps only
-            bar = tqdm(total=total, initial=step - 1, unit="step", dynamic_ncols=True, desc="train")
+            bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, desc="train")
         bar.update(step - bar.n)
         if row is not None and row is not shown:
             shown = row
             bar.set_postfix_str(f"D {row['d_loss']:.3f}  G {row['g_loss']:.3f}  D(x) {row.get('d_real', 0):.2f}  "
                                 f"D(G(z)) {row.get('d_fake', 0):.2f}  {row['images_per_s']:.0f} img/s", refresh=False)
+        if finished:
+            bar.close()
 
     stop = threading.Event()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -240,24 +263,39 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from .generate import load_generator, to_pil
-    from .monitor import save_grid
     from .device import resolve_device
+    from .generate import load_generator, to_pil
+    from .monitor import save_grid, save_image
 
-    if args.num <= 0:
-        raise PurrganError("--num must be positive")
+    if not 0 < args.num <= 1_000_000:
+        raise PurrganError("--num must be between 1 and 1,000,000")
+    if args.nrow is not None and args.nrow <= 0:
+        raise PurrganError("--nrow must be positive")
+    if args.truncation is not None and not args.truncation > 0:
+        raise PurrganError("--truncation must be a positive number (e.g. 0.7)")
+    if Path(args.out).is_dir():
+        raise PurrganError(f"--out {args.out} is a folder; give a file name ending in .png")
+    if args.separate and Path(args.separate).exists() and not Path(args.separate).is_dir():
+        raise PurrganError(f"--separate {args.separate} is a file; give a folder for the single images")
+    seed = args.seed if args.seed is not None else int(torch_seed())
     generator = load_generator(args.run, device=resolve_device(args.device))
-    images = generator.sample(args.num, seed=args.seed, class_name=args.class_name, truncation=args.truncation)
+    images = generator.sample(args.num, seed=seed, class_name=args.class_name, truncation=args.truncation)
     nrow = args.nrow or (len(generator.classes) if generator.classes and args.class_name is None else None)
     grid = save_grid(images, Path(args.out), nrow=nrow)  # a conditional grid shows one class per column
-    log.info("wrote a grid of %d images to %s", args.num, grid)
+    log.info("wrote a grid of %d images to %s (seed %d: --seed %d draws them again)", args.num, grid, seed, seed)
     if args.separate:
         folder = Path(args.separate)
-        folder.mkdir(parents=True, exist_ok=True)
         for index, image in enumerate(to_pil(images)):
-            image.save(folder / f"{index:05d}.png")
+            save_image(image, folder / f"{index:05d}.png")
         log.info("wrote %d PNG files to %s", args.num, folder)
     return 0
+
+
+def torch_seed() -> int:
+    """Return a fresh random seed that fits every generator (printed, so the images can be drawn again)."""
+    import secrets
+
+    return secrets.randbelow(2 ** 31)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -274,6 +312,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.num <= 0:
         raise PurrganError("--num must be positive")
     extractor = load_extractor(args.feature_extractor, args.inception_weights, resolve_device(args.device))
+    from .metrics.evaluate import check_extractor
+
+    check_extractor(names, extractor)
     if args.real is not None:
         results = evaluate_paths(args.real, args.fake, names, extractor, args.size)
     else:
@@ -292,21 +333,26 @@ def _interpolate(args: argparse.Namespace) -> int:
     from .monitor import grid_image, save_grid
     from .device import resolve_device
 
-    if args.steps < 2 or args.rows < 1 or args.keyframes < 2:
-        raise PurrganError("--steps must be at least 2, --rows at least 1 and --keyframes at least 2")
+    if not (2 <= args.steps <= 1000 and 1 <= args.rows <= 256 and 2 <= args.keyframes <= 100):
+        raise PurrganError("--steps must be 2 to 1000, --rows 1 to 256 and --keyframes 2 to 100")
     out = Path(args.out)
-    if out.suffix.lower() not in (".png", ".gif"):
-        raise PurrganError(f"--out {out} must end in .png (a grid) or .gif (an animation)")
+    if out.suffix.lower() not in (".png", ".gif") or out.is_dir():
+        raise PurrganError(f"--out {out} must be a file ending in .png (a grid) or .gif (an animation)")
     generator = load_generator(args.run, device=resolve_device(args.device))
     if out.suffix.lower() == ".png":
         images = interpolation_grid(generator, args.rows, args.steps, args.seed, args.slerp, args.class_name)
         save_grid(images, out, nrow=args.steps)
         log.info("wrote %d interpolations of %d steps to %s", args.rows, args.steps, out)
         return 0
-    out.unlink(missing_ok=True)
     frames = latent_walk(generator, args.rows, args.keyframes, args.steps, args.seed, args.slerp, args.class_name)
-    for frame in frames:
-        append_frame(out, grid_image(frame), delay_ms=80)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")  # the old file stays until the new one is whole
+    try:
+        for frame in frames:
+            append_frame(tmp, grid_image(frame), delay_ms=80)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     log.info("wrote a looping walk of %d frames through %d latents to %s", len(frames), args.keyframes, out)
     return 0
 

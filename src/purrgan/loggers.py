@@ -78,6 +78,7 @@ class WandbLogger:
             raise PurrganError("the wandb logger needs wandb: pip install 'purrgan[wandb]' (set WANDB_MODE=offline "
                                "to log without an account)") from None
         self.wandb = wandb
+        check_wandb_credentials()
         try:
             self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "purrgan"), name=run_dir.name, dir=str(run_dir),
                                   config=config, mode=os.environ.get("WANDB_MODE"), resume="allow")
@@ -102,7 +103,24 @@ class WandbLogger:
         pass  # wandb keeps its history; it ignores steps it has already seen
 
     def close(self) -> None:
-        self.run.finish()
+        try:
+            self.run.finish(quiet=True)  # no summary table with a sparkline per logged name
+        except TypeError:
+            self.run.finish()
+
+
+def check_wandb_credentials() -> None:
+    """Raise PurrganError before anything is written when wandb would have to ask for a login."""
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
+        return
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        if "wandb" in netrc.read_text(errors="replace"):
+            return
+    except OSError:
+        pass
+    raise PurrganError("wandb has no credentials here: run `wandb login` (or set WANDB_API_KEY), or set "
+                       "WANDB_MODE=offline to log without an account, or use --logger tensorboard")
 
 
 def make_loggers(names: list[str], run_dir: Path, config: dict, resume_step: int = 0) -> list[Logger]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -25,10 +26,11 @@ from .generate import fixed_noise, sample_fixed
 from .health import HealthWarning, TrainingDiverged, first_non_finite
 from .losses import Batch, apply_constraints, d_objective, g_objective
 from .monitor import NullMonitor, RunMonitor, layer_grad_norms, weights_and_grads
+from .rundir import RunFolder
 from .state import TrainState, check_config
 
 log = logging.getLogger(__name__)
-ProgressCallback = Callable[[int, int, "dict[str, float] | None"], None]  # (step, total_steps, latest metrics row)
+ProgressCallback = Callable[[int, int, "dict[str, float] | None", bool], None]  # (step, total, latest row, finished)
 
 
 @dataclass
@@ -122,6 +124,36 @@ def fit_to_prepared_file(config: Config) -> Config:
     return config
 
 
+def run_summary(config: Config, data: ImageSet, state: TrainState) -> dict:
+    """Return what the report shows about the data and the machine (written as run.json at the start)."""
+    import platform
+    import sys
+
+    from . import __version__
+
+    counts = data.labels.bincount(minlength=len(data.class_names)).tolist() if data.labels is not None else []
+    return {
+        "data": {"source": config.data.source, "images": len(data), "classes": dict(zip(data.class_names, counts)),
+                 "skipped": data.skipped, "duplicates_dropped": data.duplicates,
+                 "own_size": list(data.own_size) if data.own_size else None,
+                 "resolution": config.data.resolution, "channels": config.data.channels, "flips": config.data.hflip},
+        "environment": {"device": str(state.device), "device_name": _device_name(state.device),
+                        "precision": "bf16" if state.precision == torch.bfloat16 else "fp16" if state.precision else "float32",
+                        "processes": state.dist.world_size, "torch": torch.__version__, "purrgan": __version__,
+                        "python": platform.python_version(), "platform": platform.platform(),
+                        "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import os
+    import platform
+
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+
+
 def describe(config: Config, data: ImageSet, total_steps: int) -> str:
     """Return the run's first line: what trains on what, at which size, for how long, where."""
     size = f"{config.data.resolution}x{config.data.resolution} {'RGB' if config.data.channels == 3 else 'grayscale'}"
@@ -194,11 +226,18 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     """Train config's GAN into run_dir (continuing its last checkpoint when resume) and return where things are.
 
     Setting stop (e.g. from a signal handler) ends the run after the current step, with a checkpoint.
+    Everything that can fail is checked before anything is written; the run folder is locked while
+    training (RunFolder), and a folder holding an earlier run is refused without resume.
     """
     run_dir = Path(run_dir)
     check_config(config)
     dist, device_name = setup_distributed(config.train.device)  # one process, or one rank of torchrun's several
     device = resolve_device(device_name)
+    with RunFolder(run_dir, resume, config.data.source) if dist.is_main else contextlib.nullcontext():
+        return _train(config, run_dir, resume, on_progress, stop, dist, device)
+
+
+def _train(config: Config, run_dir: Path, resume: bool, on_progress, stop, dist, device: torch.device) -> RunResult:
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     config = fit_to_prepared_file(config)
@@ -219,19 +258,19 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     if saved:
         state.load_state_dict(*saved)
         log.info("resuming %s from step %d (%s)", run_dir, state.step, saved[1])
-    elif (run_dir / "checkpoints" / checkpoint.LAST).exists():
-        raise PurrganError(f"{run_dir} already holds a run; add --resume to continue it or choose another --out")
     dist.barrier()  # every rank has looked before rank 0 writes
 
     shown = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.train.seed))[:config.train.num_samples]
-    monitor = (RunMonitor(run_dir, config, state.total_steps, state.step, to_float(data.images[shown]))
-               if dist.is_main else NullMonitor())  # starts the loggers: a failure here leaves nothing behind
+    monitor = (RunMonitor(run_dir, config, state.total_steps, state.step, to_float(data.images[shown]),
+                          run_summary(config, data, state)) if dist.is_main else NullMonitor())
+    # ^ starts the loggers: a failure here leaves nothing behind
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(to_toml(config), encoding="utf-8")
+        checkpoint.write_atomic(run_dir / "config.toml", to_toml(config).encode("utf-8"), "nothing was trained yet")
     monitor.start()
     if not resume:
         save(state, run_dir)  # step 0: a kill or a NaN before the first regular checkpoint has a state to go back to
+        if dist.is_main:  # the timelapse starts from the untrained G
+            monitor.frame(0, sample_fixed(state.sampler, *fixed_noise(config, device)))
     try:
         run_loop(state, run_dir, monitor, evaluator, on_progress, stop)
     finally:
@@ -240,7 +279,8 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     final = run_dir / "samples" / "final.png"
     if dist.is_main:
         from .products import finish_run
-        final = finish_run(run_dir, config, state.sampler, state.class_names, state.step, state.generator_ema is not None)
+        final = finish_run(run_dir, config, state.sampler, state.class_names, state.step, state.generator_ema is not None,
+                           data)
     dist.barrier()
     teardown_distributed(dist)
     return RunResult(run_dir, state.step, checkpoint.find_checkpoint(run_dir), final, stopped, state.total_steps)
@@ -264,6 +304,8 @@ def run_loop(state: TrainState, run_dir: Path, monitor, evaluator, on_progress: 
             return asked
         return state.step % config.train.log_every == 0 and dist.any(asked, state.device)
 
+    if on_progress:
+        on_progress(state.step, total, None, False)  # the bar is there before the first (maybe long) step
     while state.step < total and not stop_requested():
         log_now = due_next(state.step, config.train.log_every, total)
         histograms = log_now and (state.step + 1) % config.train.histogram_every == 0
@@ -289,10 +331,14 @@ def run_loop(state: TrainState, run_dir: Path, monitor, evaluator, on_progress: 
             rollbacks += 1
             roll_back(state, run_dir, monitor, error, rollbacks)
         if on_progress:
-            on_progress(state.step, total, clock["row"])
+            on_progress(state.step, total, clock["row"], False)
     if state.step < total:  # stopped on request: keep everything up to here
         save(state, run_dir)
         monitor.checkpointed()
+    if dist.is_main and state.step % config.train.sample_every:  # the timelapse ends on the last step
+        monitor.frame(state.step, sample_fixed(state.sampler, z_fixed, labels_fixed))
+    if on_progress:
+        on_progress(state.step, total, clock["row"], True)  # the bar closes before loggers print their goodbyes
 
 
 def due_next(step: int, every: int, total: int) -> bool:
@@ -306,7 +352,8 @@ def log_stats(state: TrainState, stats: dict[str, torch.Tensor], monitor, clock:
     scalars = {k: v for k, v in stats.items() if v.ndim == 0}
     per_row = [k for k in scalars if "/" not in k]  # gradient norms go to the loggers only
     values = state.dist.mean(torch.stack([scalars[k].float() for k in per_row])).tolist()
-    row = {"step": state.step, "epoch": state.loader.epoch, **dict(zip(per_row, values)),
+    epochs = state.loader.epoch + state.loader.index / state.loader.batches_per_epoch  # passes done: 1.0 after --epochs 1
+    row = {"step": state.step, "epoch": round(epochs, 4), **dict(zip(per_row, values)),
            "images_per_s": clock["seen"] * state.dist.world_size / max(now - clock["last"], 1e-9),
            "elapsed_s": now - clock["start"]}
     if not (math.isfinite(row["d_loss"]) and math.isfinite(row["g_loss"])):  # every rank sees the same means

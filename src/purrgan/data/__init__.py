@@ -31,21 +31,27 @@ class ImageSet:
         return replace(self, images=self.images[index], labels=labels)
 
 
-def load_images(source: str, resolution: int, channels: int, classes: tuple[str, ...] | str = ()) -> ImageSet:
+def load_images(source: str, resolution: int, channels: int, classes: tuple[str, ...] | str = (),
+                cache: bool = True) -> ImageSet:
     """Return the images of a source (a named data set such as "digits", or a path) at the given size and channels.
 
-    Every source goes through a prepared file in the cache, built on first use. classes ("cat", "dog")
-    keeps only those classes of a labelled source, relabelled 0..K-1 in that order.
+    Every source goes through a prepared file in the cache, built on first use (cache=False decodes it in
+    memory instead, for a folder looked at once). classes ("cat", "dog") keeps only those classes of a
+    labelled source, relabelled 0..K-1 in that order.
     """
-    from .prepare import is_prepared_file, prepare, read_prepared
+    from .prepare import is_prepared_file, prepare, read_prepared, to_prepared
     from .sources import parse_source
 
     spec = parse_source(source)
     classes = _merge_classes(_names(classes), _names(spec.options.get("classes", "")))
-    path = spec.path if spec.path is not None and is_prepared_file(spec.path) else prepare(spec, resolution, channels)
-    images, labels, info = read_prepared(path)
+    if spec.path is not None and is_prepared_file(spec.path):
+        images, labels, info = read_prepared(spec.path)
+    elif cache:
+        images, labels, info = read_prepared(prepare(spec, resolution, channels))
+    else:
+        images, labels, info = to_prepared(spec, resolution, channels)
     if images.shape[1:] != (channels, resolution, resolution):
-        raise PurrganError(f"{path} holds {tuple(images.shape[1:])} images, but the config asks for "
+        raise PurrganError(f"{spec.path} holds {tuple(images.shape[1:])} images, but the config asks for "
                            f"{(channels, resolution, resolution)}; prepare it again with that size")
     own = info.get("own_size")
     data = ImageSet(images, str(info.get("source", source)), labels, info.get("class_names", []), info.get("skipped", 0),

@@ -58,6 +58,22 @@ def fingerprint(spec: SourceSpec, resolution: int, channels: int) -> str:
     return sha.hexdigest()
 
 
+def data_fingerprint(source: str, resolution: int, channels: int) -> str:
+    """Return a hash of what a source's images are at this size: its files (names, sizes, times) and options.
+
+    Two folders typed alike from different places differ; a folder whose files changed differs from before.
+    """
+    from .sources import parse_source
+
+    spec = parse_source(source)
+    if spec.path is not None and is_prepared_file(spec.path):
+        stat = spec.path.stat()
+        return hashlib.sha256(f"{spec.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|"
+                              f"{read_metadata(spec.path).get('fingerprint')}".encode("utf-8", "backslashreplace")).hexdigest()
+    where = str(spec.path.resolve()) if spec.path is not None else ""
+    return hashlib.sha256(f"{where}|{fingerprint(spec, resolution, channels)}".encode("utf-8", "backslashreplace")).hexdigest()
+
+
 def default_path(spec: SourceSpec, resolution: int, channels: int) -> Path:
     """Return where the prepared file of a source lives in the cache (one file per resolved source, options and size)."""
     return cache_dir() / "prepared" / f"{spec.key()}-{resolution}px-{channels}c.safetensors"
@@ -74,8 +90,14 @@ def read_prepared(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
             labels = handle.get_tensor("labels") if "labels" in handle.keys() else None
     except (SafetensorError, OSError) as error:
         raise PurrganError(f"{path} is not a readable prepared data file ({error}); delete it to prepare again") from None
-    info = {k: json.loads(v) for k, v in metadata.items() if k != "format"}
-    return images, labels, info
+    return images, labels, _decode_info(path, metadata)
+
+
+def _decode_info(path: Path, metadata: dict[str, str]) -> dict:
+    try:
+        return {k: json.loads(v) for k, v in metadata.items() if k != "format"}
+    except (ValueError, RecursionError):
+        raise PurrganError(f"{path} has damaged metadata; delete it to prepare again") from None
 
 
 def prepare(spec: SourceSpec, resolution: int, channels: int, out: Path | None = None, force: bool = False) -> Path:
@@ -90,10 +112,20 @@ def prepare(spec: SourceSpec, resolution: int, channels: int, out: Path | None =
         except PurrganError:
             log.warning("%s is damaged; preparing it again", path)
     started = time.perf_counter()
+    images, labels, info = to_prepared(spec, resolution, channels, want)
+    tensors = {"images": images, **({"labels": labels} if labels is not None else {})}
+    metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in info.items()}}
+    write_atomic(path, st_save(tensors, metadata=metadata), "no prepared file was written")
+    log.info("prepared %d images of %s at %dx%d in %.1f s -> %s", info["count"], info["source"], resolution, resolution,
+             time.perf_counter() - started, path)
+    return path
+
+
+def to_prepared(spec: SourceSpec, resolution: int, channels: int, want: str = "") -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """Return (images, labels, metadata) of a source decoded in memory, as a prepared file would hold them."""
     decoded = read_source(spec, resolution, channels)
-    tensors = {"images": torch.from_numpy(np.ascontiguousarray(decoded.images))}
-    if decoded.labels is not None:
-        tensors["labels"] = torch.from_numpy(decoded.labels)
+    images = torch.from_numpy(np.ascontiguousarray(decoded.images))
+    labels = torch.from_numpy(decoded.labels) if decoded.labels is not None else None
     counts = np.bincount(decoded.labels, minlength=len(decoded.class_names)).tolist() if decoded.labels is not None else []
     info = {
         "fingerprint": want, "source": str(spec.path) if spec.path else spec.name, "options": spec.options,
@@ -104,11 +136,7 @@ def prepare(spec: SourceSpec, resolution: int, channels: int, out: Path | None =
         "purrgan_version": __version__,
         "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in info.items()}}
-    write_atomic(path, st_save(tensors, metadata=metadata))
-    log.info("prepared %d images of %s at %dx%d in %.1f s -> %s", info["count"], info["source"], resolution, resolution,
-             time.perf_counter() - started, path)
-    return path
+    return images, labels, info
 
 
 def read_metadata(path: Path) -> dict:
@@ -120,7 +148,7 @@ def read_metadata(path: Path) -> dict:
         raise PurrganError(f"{path} is not a readable prepared data file ({error})") from None
     if metadata.get("format") not in READABLE:
         raise PurrganError(f"{path} is not a purrgan prepared data file")
-    return {k: json.loads(v) for k, v in metadata.items() if k != "format"}
+    return _decode_info(path, metadata)
 
 
 def is_prepared_file(path: Path) -> bool:

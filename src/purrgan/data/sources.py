@@ -28,7 +28,7 @@ from PIL import Image
 
 from ..errors import PurrganError
 from .archives import ImageFiles, is_archive, read_members
-from .download import cache_dir, download, verify
+from .download import DownloadError, cache_dir, check_archive, download, download_from_google_drive, verify
 from .images import decode_image, is_grayscale_mode
 
 SPLITS = ("train", "test", "all")
@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 class RemoteFile:
     filename: str
     url: str
-    md5: str | None  # None where upstream publishes no checksum
+    md5: str | None  # None where upstream publishes no checksum: the archive is then read end to end instead
+    gdrive_id: str | None = None  # a Google Drive file, fetched through torchvision (it handles the confirmation page)
 
 
 @dataclass(frozen=True)
@@ -187,16 +188,35 @@ def local_files(spec: SourceSpec, fetch: bool = True) -> list[Path]:
             return paths if not missing else [given]
         return [given]
     folder = cache_dir() / spec.name
-    paths = []
-    for remote in source.files:
+    missing = [remote for remote in source.files if not (folder / remote.filename).exists()]
+    if missing and not fetch:
+        raise PurrganError(f"{spec.name} is not downloaded; run `purrgan data download {spec.name}`")
+    for remote in missing:
         dest = folder / remote.filename
-        if not dest.exists():
-            if not fetch:
-                raise PurrganError(f"{spec.name} is not downloaded; run `purrgan data download {spec.name}`")
-            log.info("downloading %s from %s", remote.filename, remote.url)
-            download(remote.url, dest, remote.md5)
-        paths.append(dest)
-    return paths
+        log.info("downloading %s from %s", remote.filename, remote.url)
+        try:
+            if remote.gdrive_id:
+                download_from_google_drive(remote.gdrive_id, dest, remote.md5)
+            else:
+                download(remote.url, dest, remote.md5)
+        except DownloadError as error:
+            raise PurrganError(_offline_message(spec.name, source, folder, error)) from None
+        if remote.md5 is None:
+            count = check_archive(dest)
+            log.info("%s has no published checksum: read it end to end instead (%d images, %.0f MB)", remote.filename,
+                     count, dest.stat().st_size / 1e6)
+    return [folder / remote.filename for remote in source.files]
+
+
+def _offline_message(name: str, source: NamedSource, folder: Path, error: DownloadError) -> str:
+    """Return what to do when a named set cannot be downloaded: every file it still needs, and where to put them."""
+    still = [r for r in source.files if not (folder / r.filename).exists()]
+    if len(still) == 1:
+        return (f"could not download {name} ({error.reason}); without a network, download {error.url} elsewhere and "
+                f"put it at {error.dest}, or point at a copy with --data {name}:path=FILE")
+    return (f"could not download {name} ({error.reason}); without a network, download these {len(still)} files "
+            f"elsewhere and put them in {folder}: {', '.join(r.filename for r in still)} (from "
+            f"{still[0].url.rsplit('/', 1)[0]}/), or point at a folder holding them with --data {name}:path=FOLDER")
 
 
 # ---------------------------------------------------------------- turning images into arrays of one size
@@ -445,8 +465,8 @@ SOURCES: dict[str, NamedSource] = {
         "MIT", "30 MB", native=(32, 1)),
     "celeba": NamedSource(
         "CelebA aligned and cropped faces (202,599 JPEGs, 178x218; Liu et al. 2015): centre box cropped, resized",
-        (RemoteFile("img_align_celeba.zip", "https://drive.google.com/uc?id=0B7EVK8r0v71pZjFTYXZWM3FlRnM&export=download",
-                    "00d2c5bc6d35e252742224ab0c1e8fcb"),),
+        (RemoteFile("img_align_celeba.zip", "https://drive.google.com/file/d/0B7EVK8r0v71pZjFTYXZWM3FlRnM",
+                    "00d2c5bc6d35e252742224ab0c1e8fcb", gdrive_id="0B7EVK8r0v71pZjFTYXZWM3FlRnM"),),
         {"crop": ("108", "140"), "path": ()}, read_image_archives,
         "non-commercial research only (see the CelebA agreement)", "1.4 GB", native=(64, 3)),
 }

@@ -31,8 +31,12 @@ def reference_statistics(config, split: str, extractor: FeatureExtractor, max_im
 
     split: "train" (what the run trains on), "val" (the held-out data.val_fraction) or "all".
     """
+    from ..data.prepare import data_fingerprint
+
     data_config = config.data
-    key = json.dumps([data_config.source, data_config.classes, split, data_config.val_fraction, data_config.resolution,
+    # Keyed on what the images are (the data's fingerprint: files, options, size), not on how the source was typed.
+    key = json.dumps([data_fingerprint(data_config.source, data_config.resolution, data_config.channels),
+                      list(data_config.classes), split, data_config.val_fraction, data_config.resolution,
                       data_config.channels, extractor.name, max_images])
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     path = cache_dir() / "stats" / f"{extractor.name}-{data_config.resolution}px-{split}-{digest}.safetensors"
@@ -93,27 +97,53 @@ def evaluate_run(run: str | Path, names: list[str], num: int, split: str, extrac
     from ..generate import load_generator
 
     generator = load_generator(run)
+    check_extractor(names, extractor)
+    if num < COMPARABLE:
+        log.warning("%d generated images: below %d FID and KID are biased upwards and not comparable with published "
+                    "numbers", num, COMPARABLE)
     results = evaluate_generator(generator, names, num, split, extractor)
     folder = Path(run) if Path(run).is_dir() else None
     if folder is not None:
         record = {**results, "step": generator.step, "num": num, "split": split, "extractor": extractor.name,
                   "weights": "ema" if generator.uses_ema else "raw"}
-        (folder / "metrics.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+        from ..checkpoint import write_atomic
+
+        write_atomic(folder / "metrics.json", json.dumps(record, indent=2).encode(), "no metrics were saved")
     return results
 
 
+COMPARABLE = 10_000  # published FID/KID use 50k (at least 10k) samples; fewer give higher, unstable numbers
+
+
 def evaluate_paths(real: str, fake: str, names: list[str], extractor: FeatureExtractor, resolution: int | None = None) -> dict[str, float]:
-    """Return the metrics of two folders, archives or prepared files of images against each other."""
-    from ..data.prepare import is_prepared_file, read_metadata
+    """Return the metrics of two folders, archives or prepared files of images against each other.
+
+    Each is read at its own size (CIFAR stays 32x32 until the Inception network resizes it, as the
+    standard protocol does) and decoded in memory: a folder looked at once leaves nothing in the cache.
+    """
+    from ..data.sources import native_shape, parse_source
 
     def load(source: str):
-        path = Path(source)
-        size = resolution or (read_metadata(path)["resolution"] if is_prepared_file(path) else 64)
-        channels = read_metadata(path)["channels"] if is_prepared_file(path) else 3
-        return load_images(source, size, channels).images
+        size, channels, _ = native_shape(parse_source(source))
+        return load_images(source, resolution or size, channels, cache=False).images
 
-    real_features = extract(extractor, _batches(load(real)))
-    return compute(names, {**_statistics(real_features), **real_features}, extract(extractor, _batches(load(fake))))
+    real_images, fake_images = load(real), load(fake)
+    fewest = min(len(real_images), len(fake_images))
+    if fewest < COMPARABLE:
+        log.warning("only %d images on one side: below %d the numbers are biased upwards and not comparable with "
+                    "published ones (use them to compare runs measured alike)", fewest, COMPARABLE)
+    real_features = extract(extractor, _batches(real_images))
+    return compute(names, {**_statistics(real_features), **real_features}, extract(extractor, _batches(fake_images)))
+
+
+def check_extractor(names: list[str], extractor: FeatureExtractor) -> None:
+    """Fail before any long feature extraction when a metric needs what the extractor does not give (IS: logits)."""
+    if "is" not in names:
+        return
+    probe = extractor(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    if probe.get("logits") is None:
+        raise PurrganError("the Inception Score needs classifier logits, which this feature extractor does not give; "
+                           "leave 'is' out of --metrics")
 
 
 class Evaluator:
@@ -125,6 +155,7 @@ class Evaluator:
 
         self.config, self.names = config, parse_metrics(config.train.eval_metrics)
         self.extractor = load_extractor(config.train.feature_extractor, config.train.inception_weights or None, device)
+        check_extractor(self.names, self.extractor)
         self.real = reference_statistics(config, config.train.eval_split, self.extractor)
 
     def evaluate(self, network: torch.nn.Module, step: int, class_names: list[str]) -> dict[str, float]:

@@ -17,7 +17,7 @@ from typing import Iterable, Protocol
 import numpy as np
 import torch
 
-from ..data.download import cache_dir, download
+from ..data.download import DownloadError, cache_dir, download
 from ..errors import PurrganError
 
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -45,10 +45,10 @@ def inception_weights(explicit: str | None = None) -> Path:
     if not path.exists():
         try:
             download(INCEPTION_URL, path)
-        except PurrganError as error:
-            raise PurrganError(f"the FID Inception weights are missing and {str(error).split(';')[0]}; download "
-                               f"{INCEPTION_URL} elsewhere and put it at {path}, or pass --inception-weights PATH "
-                               f"(or set PURRGAN_INCEPTION)") from None
+        except DownloadError as error:
+            raise PurrganError(f"the FID Inception weights are missing and could not be downloaded ({error.reason}); "
+                               f"download {INCEPTION_URL} elsewhere and put it at {path}, or pass --inception-weights "
+                               f"PATH (or set PURRGAN_INCEPTION)") from None
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if not digest.startswith(INCEPTION_SHA256_PREFIX):
             path.unlink()
@@ -96,12 +96,23 @@ def load_extractor(spec: str = "inception", weights: str | None = None, device: 
         return InceptionExtractor(weights, device)
     module_name, _, attr = spec.partition(":")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError):
-        raise PurrganError(f"feature extractor '{spec}' not found; use 'inception' or 'package.module:factory'") from None
-    extractor = factory()
+        factory = getattr(importlib.import_module(module_name), attr) if attr else None
+    except Exception:  # noqa: BLE001 - a module that fails to import is "not found" for the user
+        factory = None
+    if not callable(factory):
+        raise PurrganError(f"feature extractor '{spec}' not found or not a factory; use 'inception' or "
+                           f"'package.module:factory' naming a function that returns an images-to-vectors module")
+    try:
+        extractor = factory()
+    except Exception as error:  # noqa: BLE001
+        raise PurrganError(f"feature extractor factory '{spec}' failed: {type(error).__name__}: {error}") from None
+    if not callable(extractor):
+        raise PurrganError(f"feature extractor factory '{spec}' returned {type(extractor).__name__}, not a callable module")
     if not hasattr(extractor, "name"):
-        extractor.name = spec.replace(":", ".")
+        try:
+            extractor.name = spec.replace(":", ".")
+        except AttributeError:
+            pass
     return extractor
 
 
