@@ -121,3 +121,13 @@ def test_resume_with_ada_is_bit_exact(tmp_path):
     assert any("augment" in key for key in a) and a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_ema_ramp_up_keeps_a_short_runs_average_close_behind():
+    from purrgan.ema import ema_decay
+
+    assert ema_decay(0.999, 5, start=10) == 0.0  # before ema_start G_ema copies G
+    assert ema_decay(0.999, 50_000, rampup=0.05) == pytest.approx(0.999)  # long runs: the configured decay
+    half_life = torch.log(torch.tensor(0.5)) / torch.log(torch.tensor(ema_decay(0.999, 599, rampup=0.05)))
+    assert half_life.item() == pytest.approx(30.0, rel=1e-4)  # 600 steps in: a 30-step half-life, not 693
+    assert ema_decay(0.999, 599, rampup=0.0) == 0.999

@@ -160,3 +160,22 @@ def test_max_minutes_stops_with_a_resumable_checkpoint(tmp_path, caplog):
     assert 0 < stopped < 100000 and f"stopped at step {stopped} of 100000" in caplog.text
     assert main(["train", "--out", str(run), "--resume", "--quiet", "--max-minutes", "0.02"]) == 0
     assert load_generator(run).step > stopped
+
+
+def test_epoch_files_hold_the_generator_alone_and_sample(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(train__epochs=2, train__batch_size=600, train__epoch_checkpoints="true"), run)
+    epoch = run / "checkpoints" / "epoch-0001.safetensors"
+    state = checkpoint.load(epoch)
+    assert set(state) == {"step", "config", "class_names", "generator", "generator_ema"} and state["step"] == 2
+    assert epoch.stat().st_size < 0.5 * (run / "checkpoints" / "last.safetensors").stat().st_size
+    assert load_generator(epoch).sample(2, seed=0).shape == (2, 1, 32, 32)
+
+
+def test_compile_with_a_gradient_penalty_compiles_g_only(caplog):
+    import logging
+
+    config = tiny_config(train__compile="true", loss__r1_gamma="1.0", model__g_width="4", model__d_width="4")
+    with caplog.at_level(logging.INFO):
+        state = TrainState.create(config, load_images("digits", 32, 1), torch.device("cpu"), Distributed())
+    assert state.D is state.discriminator and "compiling G only" in caplog.text

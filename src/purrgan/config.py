@@ -93,11 +93,12 @@ class TrainConfig:
     log_every: int = 25  # steps between metrics rows (and the only host-device syncs)
     sample_every: int = 250  # steps between fixed-noise grids
     checkpoint_every: int = 500  # steps between rewrites of checkpoints/last
-    epoch_checkpoints: bool = False  # also keep one checkpoint per epoch
+    epoch_checkpoints: bool = False  # also keep the generator of every epoch (checkpoints/epoch-NNNN.safetensors)
     num_samples: int = 64  # images in each fixed-noise grid
     deterministic: bool = False  # torch.use_deterministic_algorithms, for bit-exact resume on GPU
     ema: float = 0.0  # decay of the exponential moving average of G's weights (0 = off; 0.999 is typical)
     ema_start: int = 0  # step from which the average starts (before it, G_ema copies G)
+    ema_rampup: float = 0.05  # the average's half-life is at most this fraction of the steps so far (StyleGAN2's ramp-up; 0 = off)
     logger: Names = ("tensorboard",)  # any of tensorboard, wandb; or none (metrics.csv is always written)
     histogram_every: int = 500  # steps between weight and gradient histograms
     keep_checkpoints: int = 2  # last.safetensors plus this many - 1 older ones (last-1, ...), to fall back on
@@ -140,7 +141,7 @@ _POSITIVE = {
 _NON_NEGATIVE = {("train", "steps"), ("train", "epochs"), ("train", "seed"), ("model", "num_classes"),
                  ("loss", "gp_weight"), ("loss", "r1_gamma"), ("loss", "r2_gamma"), ("augment", "instance_noise"),
                  ("train", "ema_start"), ("train", "nan_retries"), ("train", "eval_every"), ("train", "max_minutes")}
-_FRACTIONS = {("loss", "label_smoothing"), ("train", "ema"), ("data", "val_fraction"), ("optim", "beta1"),
+_FRACTIONS = {("loss", "label_smoothing"), ("train", "ema"), ("train", "ema_rampup"), ("data", "val_fraction"), ("optim", "beta1"),
               ("optim", "beta2"), ("augment", "ada_target")}  # in [0, 1)
 _LIMITS = {  # upper bounds that keep values meaningful (and inside what torch accepts)
     ("train", "seed"): 2 ** 63 - 1,  # torch's generators take 64-bit seeds; derived seeds wrap modulo 2^63

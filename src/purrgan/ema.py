@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -14,6 +15,17 @@ def make_ema(generator: nn.Module) -> nn.Module:
     for parameter in ema.parameters():
         parameter.requires_grad_(False)
     return ema
+
+
+def ema_decay(decay: float, step: int, start: int = 0, rampup: float = 0.0) -> float:
+    """Return the decay to use after `step` steps: 0 (copy G) before `start`, then `decay`, its half-life capped at
+    `rampup` x the steps averaged so far, so that a short run's average does not lag far behind (StyleGAN2's ramp-up)."""
+    if step < start or decay <= 0:
+        return 0.0
+    if rampup <= 0:
+        return decay
+    half_life = math.log(0.5) / math.log(decay)  # in steps
+    return 0.5 ** (1 / max(min(half_life, rampup * (step - start + 1)), 1e-8))
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ and checkpoints/best, so what a checkpoint contains is written down once, here.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .errors import PurrganError
 from .losses import LOSSES, Loss
 from .models import ARCHITECTURES, build_discriminator, build_generator
 
+log = logging.getLogger(__name__)
 SEED_MODULUS = 2 ** 63  # derived seeds wrap here, so any seed the config allows gives a valid generator seed
 
 
@@ -118,7 +120,11 @@ class TrainState:
         example = torch.zeros(2, config.model.z_dim, device=device), torch.zeros(2, dtype=torch.long, device=device)
         images = torch.zeros(2, config.data.channels, config.data.resolution, config.data.resolution, device=device)
         state.G = maybe_compile(generator, config.train.compile, example)
-        state.D = maybe_compile(discriminator, config.train.compile, (images, example[1]))
+        # A compiled module cannot be differentiated twice, which R1, R2 and the gradient penalty need: D stays eager.
+        penalised = any(r.penalty is not None and r.weight > 0 for r in state.loss.regularisers(config.loss))
+        if config.train.compile and penalised:
+            log.info("compiling G only: D's gradient penalties need a double backward, which compiled code lacks")
+        state.D = maybe_compile(discriminator, config.train.compile and not penalised, (images, example[1]))
         return state
 
     # ---------------------------------------------------------------- what the step draws

@@ -20,7 +20,7 @@ from .device import resolve_device
 from .dist import setup as setup_distributed
 from .dist import teardown as teardown_distributed
 from .dist import weights_checksum
-from .ema import update_ema
+from .ema import ema_decay, update_ema
 from .errors import PurrganError
 from .generate import fixed_noise, sample_fixed
 from .health import HealthWarning, TrainingDiverged, first_non_finite
@@ -79,7 +79,8 @@ def train_step(state: TrainState, log_now: bool = False, histograms: bool = Fals
 
     state.dist.broadcast_buffers(state.generator, state.discriminator)  # BatchNorm statistics follow rank 0, as DDP
     if state.generator_ema is not None:
-        update_ema(state.generator_ema, state.generator, config.train.ema if state.step >= config.train.ema_start else 0.0)
+        update_ema(state.generator_ema, state.generator,
+                   ema_decay(config.train.ema, state.step, config.train.ema_start, config.train.ema_rampup))
     state.step += 1
     stats.update({"d_loss": d_out["loss"], "g_loss": g_out["loss"], **state.augment.stats()})
     stats.update({k: v for k, v in {**g_out, **d_out}.items() if k != "loss" and v.ndim == 0})
@@ -322,11 +323,11 @@ def run_loop(state: TrainState, run_dir: Path, monitor, evaluator, on_progress: 
                 if "fid" in results and (state.best_fid is None or results["fid"] < state.best_fid):
                     state.best_fid = results["fid"]
                     checkpoint.write_atomic(run_dir / "checkpoints" / "best.safetensors", checkpoint.encode(state.state_dict()))
-            epoch_done = state.loader.index == state.loader.batches_per_epoch
-            if due(config.train.checkpoint_every) or (epoch_done and config.train.epoch_checkpoints):
-                extra = (f"epoch-{state.loader.epoch + 1:04d}.safetensors",) if epoch_done and config.train.epoch_checkpoints else ()
-                save(state, run_dir, extra)
+            if due(config.train.checkpoint_every):
+                save(state, run_dir)
                 monitor.checkpointed()
+            if config.train.epoch_checkpoints and state.loader.index == state.loader.batches_per_epoch and dist.is_main:
+                save_generator(state, run_dir / "checkpoints" / f"epoch-{state.loader.epoch + 1:04d}.safetensors")
         except TrainingDiverged as error:
             rollbacks += 1
             roll_back(state, run_dir, monitor, error, rollbacks)
@@ -365,6 +366,16 @@ def log_stats(state: TrainState, stats: dict[str, torch.Tensor], monitor, clock:
     monitor.log(state.step, row, extra, histograms)
     clock["seen"], clock["last"] = 0, now
     return row
+
+
+def save_generator(state: TrainState, path: Path) -> None:
+    """Write the generator alone (G and G_ema, with the config): a small file `purrgan sample` reads, one per epoch."""
+    from .config import to_dict
+
+    snapshot = {"step": state.step, "config": to_dict(state.config), "class_names": state.class_names,
+                "generator": state.generator.state_dict(),
+                "generator_ema": state.generator_ema.state_dict() if state.generator_ema is not None else None}
+    checkpoint.write_atomic(path, checkpoint.encode(snapshot), "the run's checkpoints are untouched")
 
 
 def save(state: TrainState, run_dir: Path, extra: tuple[str, ...] = ()) -> None:
