@@ -1,14 +1,21 @@
-"""Training throughput of purrgan's loop against a conventional tutorial-style baseline, in the same run.
+"""Training throughput: purrgan as a user runs it, its bare step, and a tutorial-style loop, measured in one run.
 
-The baseline is written the way the DCGAN tutorials do it: torchvision ImageFolder over PNG files, a
-DataLoader with worker processes, per-image transforms, the same DCGAN, the same batch size and steps,
-one G forward reused for D's and G's step, BCE. purrgan's loop keeps the prepared uint8 data on the
-training device and augments there. Each mode runs in its own process (so peak memory is its own),
-warms up, then reports the median images/s of several timed repeats.
+Loops, each in its own process (so peak memory is its own), all on the same data, model and batch:
+- tutorial: the pytorch/examples DCGAN loop -- torchvision ImageFolder over the image files (real JPEGs
+  of the cat faces when ../shared has them), a DataLoader with worker processes, per-image transforms,
+  float32, two G forwards per step, losses printed every step;
+- step: purrgan's train_step() alone on a TrainState (data resident, channels_last, its precision);
+- run: `purrgan train --preset ...` exactly as a user runs it (TensorBoard, metrics, grids and
+  checkpoints on the preset's schedule), timed from its own metrics rows after warm-up;
+- step+compile (with --compile): the bare step with torch.compile.
 
-    python benchmarks/throughput.py                       # CPU, the default digits-sized DCGAN (32x32, widths 32)
-    python benchmarks/throughput.py --model dcgan64       # the reference DCGAN-64
-    python benchmarks/throughput.py --device cuda --model dcgan64   # on a GPU (purrgan's defaults there: bf16, channels_last)
+FLOPs are counted per step as executed (FlopCounterMode around one real train_step: one G forward
+when D's fake batch is reused), and compared with a float32 peak measured in the same run (the best of
+large matrix products and a large 3x3 convolution on this device).
+
+    python benchmarks/throughput.py                          # DCGAN-64 on the cat faces (or the digits), CPU
+    python benchmarks/throughput.py --model digits           # the default preset's model
+    python benchmarks/throughput.py --device cuda --compile  # on a GPU
 """
 
 from __future__ import annotations
@@ -24,90 +31,40 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+CATS = ROOT.parent / "shared" / "data" / "cats64-kaggle.tar.gz"
 
-MODELS = {  # name: (resolution, channels, g_width, d_width)
-    "digits": (32, 1, 32, 32),
-    "dcgan32": (32, 3, 64, 64),
-    "dcgan64": (64, 3, 64, 64),
+MODELS = {  # name: (preset, resolution, channels, width)
+    "digits": ("dcgan-digits", 32, 1, 32),
+    "dcgan32": ("dcgan-cifar-dog", 32, 3, 64),
+    "dcgan64": ("dcgan-cats64", 64, 3, 64),
 }
 
 
-def make_image_folder(root: Path, count: int, resolution: int, channels: int) -> Path:
-    """Write count PNG files (real cat faces when ../shared has them, else the built-in digits) in ImageFolder layout."""
+def make_image_folder(root: Path, count: int, resolution: int, channels: int) -> tuple[Path, str]:
+    """Write count image files in ImageFolder layout: the cat-face JPEGs as they are, else the digits as PNG."""
     from PIL import Image
 
     folder = root / "images" / "all"
     folder.mkdir(parents=True)
-    cats = ROOT.parent / "shared" / "data" / "cats64-kaggle.tar.gz"
-    if channels == 3 and cats.exists():
+    if channels == 3 and CATS.exists():
         from purrgan.data.archives import iter_images
-        for i, (_, blob) in enumerate(iter_images(cats)):
+
+        for i, (_, blob) in enumerate(iter_images(CATS)):
             if i >= count:
                 break
             (folder / f"{i:06d}.jpg").write_bytes(blob)
-            Image.open(folder / f"{i:06d}.jpg").convert("RGB").save(folder / f"{i:06d}.png")
-            (folder / f"{i:06d}.jpg").unlink()
-        source = "cats64-kaggle (real photos)"
-    else:
-        from purrgan.data import load_images
-        digits = load_images("digits", resolution, channels).images
-        for i in range(count):
-            array = digits[i % len(digits)].permute(1, 2, 0).numpy()
-            Image.fromarray(array[:, :, 0] if channels == 1 else array).save(folder / f"{i:06d}.png")
-        source = "built-in digits"
-    (root / "source.txt").write_text(source)
-    return root / "images"
+        return root / "images", "cat-face JPEGs (cats64-kaggle)"
+    from purrgan.data import load_images
 
-
-def step_flops(device: str, resolution: int, channels: int, g_width: int, d_width: int, batch: int) -> float:
-    """Return the FLOPs of one training step (D on real and fake, then G), counted from the ops' shapes."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from purrgan.models.dcgan import Discriminator, Generator
-
-    generator = Generator(100, channels, resolution, g_width).to(device)
-    discriminator = Discriminator(channels, resolution, d_width).to(device)
-    real = torch.randn(batch, channels, resolution, resolution, device=device)
-    with FlopCounterMode(display=False) as counter:
-        fake = generator(torch.randn(batch, 100, device=device))
-        (discriminator(real).mean() + discriminator(fake.detach()).mean()).backward()
-        discriminator(fake).mean().backward()
-    return float(counter.get_total_flops())
-
-
-def matmul_peak(device: str) -> float:
-    """Return the FLOP/s of a large float32 matrix product on device: the practical ceiling for this loop."""
-    n = 2048 if device == "cpu" else 8192
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    for _ in range(2):
-        a @ b
-    _sync(device)
-    start, reps = time.perf_counter(), 3 if device == "cpu" else 20
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - start)
-
-
-def sampling_rate(device: str, model: str, count: int, batch: int) -> float:
-    """Return images/s of `purrgan sample`'s path (TrainedGenerator.sample) for a DCGAN G of the given model."""
-    from purrgan.generate import TrainedGenerator
-    from purrgan.models.dcgan import Generator
-
-    resolution, channels, g_width, _ = MODELS[model]
-    network = Generator(100, channels, resolution, g_width).to(device).eval()
-    generator = TrainedGenerator(network, 100, [])
-    generator.sample(batch, seed=0, batch_size=batch)  # warm-up
-    _sync(device)
-    start = time.perf_counter()
-    generator.sample(count, seed=1, batch_size=batch)
-    _sync(device)
-    return count / (time.perf_counter() - start)
+    digits = load_images("digits", resolution, channels).images
+    for i in range(count):
+        array = digits[i % len(digits)].permute(1, 2, 0).numpy()
+        Image.fromarray(array[:, :, 0] if channels == 1 else array).save(folder / f"{i:06d}.png")
+    return root / "images", "built-in digits as PNG"
 
 
 def _sync(device: str) -> None:
@@ -115,26 +72,67 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-# ---------------------------------------------------------------- the two loops, each in a child process
+def fp32_peak(device: str) -> tuple[float, str]:
+    """Return the best float32 FLOP/s of large matrix products and a large 3x3 convolution, and which it was."""
+    import torch.nn.functional as F
+
+    results = {}
+    for n in ((2048, 4096) if device == "cpu" else (8192, 16384)):
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        results[f"{n}x{n} matmul"] = _rate(lambda: a @ b, 2 * n ** 3, device)
+    x = torch.randn(128, 256, 16, 16, device=device).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(256, 256, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
+    results["3x3 conv 256->256 at 16x16"] = _rate(lambda: F.conv2d(x, w, padding=1), 2 * 128 * 256 * 256 * 9 * 256, device)
+    best = max(results, key=results.get)
+    return results[best], best
 
 
-def run_baseline(args, folder: Path) -> dict:
+def _rate(op, flops: float, device: str, reps: int = 5) -> float:
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # a float32 peak, not TF32
+        for _ in range(2):
+            op()
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            op()
+        _sync(device)
+    return flops * reps / (time.perf_counter() - start)
+
+
+def _config(args, folder: Path, **extra):
+    from purrgan.config import load_config
+
+    preset, resolution, channels, width = MODELS[args.model]
+    overrides = {"data.source": str(folder), "data.resolution": str(resolution), "data.channels": str(channels),
+                 "train.batch_size": str(args.batch), "train.device": args.device, **extra}
+    return load_config(preset, overrides=overrides)
+
+
+def _memory(device: str) -> dict:
+    if device.startswith("cuda"):
+        return {"peak_memory_mb": torch.cuda.max_memory_allocated() / 2 ** 20, "memory_kind": "GPU"}
+    return {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "memory_kind": "CPU RSS"}
+
+
+# ---------------------------------------------------------------- the loops, each in a child process
+
+
+def run_tutorial(args, folder: Path) -> dict:
     import torchvision.datasets as dset
     import torchvision.transforms as transforms
 
     from purrgan.models.dcgan import Discriminator, Generator
 
-    resolution, channels, g_width, d_width = MODELS[args.model]
+    _, resolution, channels, width = MODELS[args.model]
     device = torch.device(args.device)
     transform = transforms.Compose([
         *([transforms.Grayscale()] if channels == 1 else []),
         transforms.Resize(resolution), transforms.CenterCrop(resolution), transforms.RandomHorizontalFlip(),
         transforms.ToTensor(), transforms.Normalize((0.5,) * channels, (0.5,) * channels)])
-    dataset = dset.ImageFolder(root=str(folder), transform=transform)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True, num_workers=args.workers,
-                                         drop_last=True, pin_memory=device.type == "cuda", persistent_workers=True)
-    generator = Generator(100, channels, resolution, g_width).to(device)
-    discriminator = Discriminator(channels, resolution, d_width).to(device)
+    loader = torch.utils.data.DataLoader(dset.ImageFolder(root=str(folder), transform=transform), batch_size=args.batch,
+                                         shuffle=True, num_workers=args.workers, drop_last=True,
+                                         pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
+    generator, discriminator = Generator(100, channels, resolution, width).to(device), Discriminator(channels, resolution, width).to(device)
     criterion = torch.nn.BCEWithLogitsLoss()
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -148,12 +146,10 @@ def run_baseline(args, folder: Path) -> dict:
             batches = iter(loader)
             return next(batches)[0]
 
-    def steps(count: int) -> tuple[float, float]:
-        waited, start = 0.0, time.perf_counter()
+    def steps(count: int) -> float:
+        start = time.perf_counter()
         for _ in range(count):
-            t = time.perf_counter()
             real = next_batch().to(device, non_blocking=True)
-            waited += time.perf_counter() - t
             discriminator.zero_grad()
             out_real = discriminator(real)
             error_real = criterion(out_real, torch.ones_like(out_real))
@@ -169,116 +165,146 @@ def run_baseline(args, folder: Path) -> dict:
             opt_g.step()
             float(error_real + error_fake)  # the tutorial prints the losses every step
         _sync(args.device)
-        return time.perf_counter() - start, waited
+        return time.perf_counter() - start
 
-    return _measure(args, steps)
-
-
-def run_purrgan(args, folder: Path) -> dict:
-    from purrgan.config import load_config
-    from purrgan.data import load_images
-    from purrgan.train import train
-
-    resolution, channels, g_width, d_width = MODELS[args.model]
-    overrides = {"data.source": str(folder), "data.resolution": str(resolution), "data.channels": str(channels),
-                 "data.hflip": "on", "model.g_width": str(g_width), "model.d_width": str(d_width),
-                 "train.batch_size": str(args.batch), "train.device": args.device, "train.logger": "none",
-                 "train.sample_every": "1000000", "train.checkpoint_every": "1000000", "train.log_every": str(args.steps),
-                 "train.amp": args.amp, "train.channels_last": args.channels_last,
-                 "train.compile": str(args.compile).lower()}
-    load_images(str(folder), resolution, channels)  # prepare once, outside the timing (as the baseline's file scan)
-    run_root = Path(tempfile.mkdtemp())
-    total = args.warmup + args.steps * args.repeats
-    config = load_config(overrides={**overrides, "train.steps": str(total)})
-    start = time.perf_counter()
-    train(config, run_root / "run")
-    rows = [json.loads(line) for line in (run_root / "run" / "metrics.jsonl").read_text().splitlines()]
-    # Rows come every args.steps steps; the first covers warm-up and is dropped.
-    timed = [r for r in rows if r["step"] > args.warmup]
-    rates = [r["images_per_s"] for r in timed][-args.repeats:]
-    return {"images_per_s": statistics.median(rates), "rates": rates, "data_share": 0.0,
-            "wall_s": time.perf_counter() - start, **_memory(args.device)}
-
-
-def _measure(args, steps) -> dict:
     steps(args.warmup)
-    rates, shares = [], []
+    rates = [args.steps * args.batch / steps(args.steps) for _ in range(args.repeats)]
+    return {"images_per_s": statistics.median(rates), "rates": rates, **_memory(args.device)}
+
+
+def run_step(args, folder: Path, compile: bool = False) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from purrgan.data import load_images
+    from purrgan.dist import Distributed
+    from purrgan.state import TrainState
+    from purrgan.train import settle_precision, train_step
+
+    config = _config(args, folder, **({"train.compile": "true"} if compile else {}), **({"train.amp": args.amp} if args.amp else {}))
+    data = load_images(config.data.source, config.data.resolution, config.data.channels)
+    device = torch.device(args.device)
+    config = settle_precision(config, data, device, Distributed())
+    state = TrainState.create(config, data, device, Distributed())
+    for _ in range(args.warmup):
+        train_step(state)
+    with FlopCounterMode(display=False) as counter:  # one step, as executed
+        train_step(state)
+    rates = []
     for _ in range(args.repeats):
-        seconds, waited = steps(args.steps)
-        rates.append(args.steps * args.batch / seconds)
-        shares.append(waited / seconds)
-    return {"images_per_s": statistics.median(rates), "rates": rates, "data_share": statistics.median(shares),
-            **_memory(args.device)}
+        _sync(args.device)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            train_step(state)
+        _sync(args.device)
+        rates.append(args.steps * args.batch * config.optim.d_steps / (time.perf_counter() - start))
+    return {"images_per_s": statistics.median(rates), "rates": rates, "flops_per_step": counter.get_total_flops(),
+            "precision": config.train.amp, **_memory(args.device)}
 
 
-def _memory(device: str) -> dict:
-    if device.startswith("cuda"):
-        return {"peak_memory_mb": torch.cuda.max_memory_allocated() / 2 ** 20, "memory_kind": "GPU allocated"}
-    return {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "memory_kind": "CPU RSS"}
+def run_cli(args, folder: Path) -> dict:
+    """`purrgan train --preset P --data FOLDER --steps N` as a user types it; images/s from its own metrics rows."""
+    preset = MODELS[args.model][0]
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        total = args.warmup + args.steps * args.repeats
+        command = [sys.executable, "-m", "purrgan", "train", "--preset", preset, "--data", str(folder), "--out", str(run),
+                   "--steps", str(total), "--batch-size", str(args.batch), "--device", args.device, "--quiet",
+                   *(["--set", f"train.amp={args.amp}"] if args.amp else [])]
+        if args.model != "dcgan64":
+            _, resolution, channels, _ = MODELS[args.model]
+            command += ["--set", f"data.resolution={resolution}", "--set", f"data.channels={channels}"]
+        started = time.perf_counter()
+        out = subprocess.run(command, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"purrgan train failed:\n{out.stderr[-3000:]}")
+        wall = time.perf_counter() - started
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        config = (run / "config.toml").read_text()
+    timed = [r for r in rows if r["step"] > args.warmup]  # rows every log_every steps; the first holds the warm-up
+    span = timed[-1]["elapsed_s"] - rows[rows.index(timed[0]) - 1]["elapsed_s"] if rows.index(timed[0]) else timed[-1]["elapsed_s"]
+    steps = timed[-1]["step"] - (rows[rows.index(timed[0]) - 1]["step"] if rows.index(timed[0]) else 0)
+    precision = "bf16" if 'amp = "bf16"' in config else "float32" if 'amp = "off"' in config else "auto"
+    return {"images_per_s": steps * args.batch / span, "wall_s": wall, "steps_timed": steps, "precision": precision,
+            "peak_memory_mb": float("nan"), "memory_kind": "-"}
+
+
+def sampling_rate(args) -> float:
+    """Return images/s of `purrgan sample`'s path (TrainedGenerator.sample) for the model's G."""
+    from purrgan.generate import TrainedGenerator
+    from purrgan.models.dcgan import Generator
+
+    _, resolution, channels, width = MODELS[args.model]
+    network = Generator(100, channels, resolution, width).to(args.device).eval()
+    generator = TrainedGenerator(network, 100, [])
+    generator.sample(args.sample_batch, seed=0, batch_size=args.sample_batch)
+    _sync(args.device)
+    start = time.perf_counter()
+    generator.sample(args.sample_num, seed=1, batch_size=args.sample_batch)
+    _sync(args.device)
+    return args.sample_num / (time.perf_counter() - start)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--model", default="digits", choices=MODELS)
+    parser.add_argument("--model", default="dcgan64", choices=MODELS)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20, help="steps per timed repeat")
+    parser.add_argument("--steps", type=int, default=25, help="steps per timed repeat (the run is timed over all of them)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--images", type=int, default=5000, help="PNG files in the image folder")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="baseline DataLoader workers")
-    parser.add_argument("--amp", default="auto", help="purrgan: auto (its default: bf16 on CUDA, off on CPU), off, bf16, fp16")
-    parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"), help="purrgan's memory layout")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--sampling-only", action="store_true", help="only measure sampling images/s")
-    parser.add_argument("--sample-num", type=int, default=20000, help="images drawn for the sampling rate")
+    parser.add_argument("--warmup", type=int, default=25)
+    parser.add_argument("--images", type=int, default=5000, help="image files in the folder")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="the tutorial's DataLoader workers")
+    parser.add_argument("--amp", help="purrgan's train.amp (default: its own, measured on a CPU)")
+    parser.add_argument("--compile", action="store_true", help="also the bare step with torch.compile")
+    parser.add_argument("--sample-num", type=int, default=20000)
     parser.add_argument("--sample-batch", type=int, default=1024)
-    parser.add_argument("--child", choices=("baseline", "purrgan"), help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=("tutorial", "step", "run", "compile", "sampling"), help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.child:
+    if args.only:
         os.environ.setdefault("PURRGAN_DATA", str(Path(args.folder).parent / "cache"))
-        result = (run_baseline if args.child == "baseline" else run_purrgan)(args, Path(args.folder))
-        print("RESULT " + json.dumps(result))
+        loops = {"tutorial": run_tutorial, "step": run_step, "run": run_cli,
+                 "compile": lambda a, f: run_step(a, f, compile=True)}
+        print("RESULT " + json.dumps(loops[args.only](args, Path(args.folder))))
         return
 
-    resolution, channels, g_width, d_width = MODELS[args.model]
-    if args.sampling_only:
-        rate = sampling_rate(args.device, args.model, args.sample_num, args.sample_batch)
-        name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
-        print(f"device: {name}; model {args.model}; sampling {args.sample_num} images in batches of "
-              f"{args.sample_batch}: {rate:.0f} images/s")
-        return
+    _, resolution, channels, width = MODELS[args.model]
+    modes = ["tutorial", "step", "run"] + (["compile"] if args.compile else [])
     with tempfile.TemporaryDirectory() as tmp:
-        folder = make_image_folder(Path(tmp), args.images, resolution, channels)
+        folder, source = make_image_folder(Path(tmp), args.images, resolution, channels)
+        env = {**os.environ, "PURRGAN_DATA": str(Path(tmp) / "cache")}
         results = {}
-        for mode in ("baseline", "purrgan"):
-            command = [sys.executable, __file__, "--child", mode, "--folder", str(folder)] + sys.argv[1:]
-            out = subprocess.run(command, capture_output=True, text=True)
+        for mode in modes:
+            command = [sys.executable, __file__, "--only", mode, "--folder", str(folder)] + sys.argv[1:]
+            out = subprocess.run(command, capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 sys.exit(f"{mode} failed:\n{out.stderr[-3000:]}")
-            results[mode] = json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))[7:])
-        source = (Path(tmp) / "source.txt").read_text()
-    flops = step_flops(args.device, resolution, channels, g_width, d_width, args.batch)
-    peak = matmul_peak(args.device)
+            results[mode] = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
+            print(f"{mode}: {results[mode]['images_per_s']:.0f} images/s", flush=True)
+    peak, peak_kind = fp32_peak(args.device)
+    flops = results["step"]["flops_per_step"]
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
-    base = results["baseline"]["images_per_s"]
+    base = results["tutorial"]["images_per_s"]
     print(f"\ndevice: {name}; torch {torch.__version__}; model {args.model} ({resolution}x{resolution}x{channels}, "
-          f"widths {g_width}/{d_width}); batch {args.batch}; data: {args.images} PNGs of {source}")
-    print(f"median of {args.repeats} repeats x {args.steps} steps after {args.warmup} warm-up steps; "
-          f"baseline DataLoader workers: {args.workers}; purrgan amp={args.amp} channels_last={args.channels_last} "
-          f"compile={args.compile}\n")
-    print(f"| loop | images/s | ratio | peak memory | data-loading share | GFLOP/step | achieved TFLOP/s | of matmul peak |")
-    print(f"|---|---|---|---|---|---|---|---|")
-    for mode, r in results.items():
-        achieved = r["images_per_s"] / args.batch * flops
-        print(f"| {mode} | {r['images_per_s']:.0f} | {r['images_per_s'] / base:.2f}x | {r['peak_memory_mb']:.0f} MB "
-              f"({r['memory_kind']}) | {100 * r['data_share']:.0f}% | {flops / 1e9:.1f} | {achieved / 1e12:.3f} | "
-              f"{100 * achieved / peak:.0f}% |")
-    print(f"\nmatmul peak measured on this device: {peak / 1e12:.3f} TFLOP/s (float32)")
-    rate = sampling_rate(args.device, args.model, args.sample_num, args.sample_batch)
-    print(f"sampling (purrgan sample's path): {rate:.0f} images/s ({args.sample_num} images, batches of {args.sample_batch})")
+          f"width {width}); batch {args.batch}; data: {args.images} {source}")
+    print(f"step/run: {args.warmup} warm-up steps, then {args.repeats} x {args.steps} timed; tutorial DataLoader workers "
+          f"{args.workers}; purrgan precision: {results['step']['precision']}\n")
+    print("| loop | images/s | vs tutorial | GFLOP/step | achieved GFLOP/s | of fp32 peak | peak memory |")
+    print("|---|---|---|---|---|---|---|")
+    labels = {"tutorial": "tutorial (pytorch/examples style)", "step": "purrgan train_step (bare)",
+              "run": "purrgan train (as a user runs it)", "compile": "purrgan train_step + torch.compile"}
+    for mode in modes:
+        r = results[mode]
+        achieved = r["images_per_s"] / args.batch * flops  # the tutorial does one more G forward: a lower bound for it
+        memory = f"{r['peak_memory_mb']:.0f} MB ({r['memory_kind']})" if r["peak_memory_mb"] == r["peak_memory_mb"] else "-"
+        print(f"| {labels[mode]} | {r['images_per_s']:.0f} | {r['images_per_s'] / base:.2f}x | {flops / 1e9:.1f} | "
+              f"{achieved / 1e9:.0f} | {100 * achieved / peak:.0f}% | {memory} |")
+    print(f"\nfp32 peak measured here: {peak / 1e9:.0f} GFLOP/s ({peak_kind}); a real run reaches "
+          f"{results['run']['images_per_s'] / results['step']['images_per_s']:.0%} of the bare step "
+          f"(precision {results['run']['precision']})")
+    print(f"sampling (purrgan sample's path): {sampling_rate(args):.0f} images/s ({args.sample_num} images, batches of "
+          f"{args.sample_batch})")
 
 
 if __name__ == "__main__":
