@@ -24,6 +24,16 @@ def test_console_script_runs():
     assert "dcgan-digits" in out.stdout
 
 
+def test_presets_says_which_recipe_is_for_which_device():
+    from purrgan.config import RECOMMENDED, preset_names
+
+    out = subprocess.run([sys.executable, "-m", "purrgan", "presets"], capture_output=True, text=True, check=True).stdout
+    assert {use.rsplit(" on a ", 1)[1] for use, _, _ in RECOMMENDED} == {"CPU", "GPU"}
+    for use, name, _ in RECOMMENDED:
+        assert name in preset_names()  # a recommendation names a shipped preset
+        assert f"{use}: {name}" in out
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--preset", "nope"], "purrgan: error: unknown preset 'nope'; choose one of:"),
     (["train", "--set", "train.stepz=3"], "purrgan: error: unknown key 'train.stepz'"),

@@ -358,12 +358,15 @@ def _interpolate(args: argparse.Namespace) -> int:
 
 
 def _presets() -> int:
-    from .config import preset_names, preset_summary
+    from .config import RECOMMENDED, preset_names, preset_summary
 
     names = preset_names()
     width = max(map(len, names))
     for name in names:
         print(f"{name:<{width}}  {preset_summary(name)}")
+    print("\nrecommended:")
+    for use, name, why in RECOMMENDED:
+        print(f"  {use}: {name} ({why})")
     return 0
 
 

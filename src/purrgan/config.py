@@ -154,6 +154,14 @@ _LOGGERS = ("tensorboard", "wandb", "none")
 
 # ---------------------------------------------------------------- presets
 
+# What `purrgan presets` recommends, per use and kind of device: (use, preset, why). The CPU choice
+# is measured by benchmarks/quality.py at equal training time (README, "Results on real data").
+RECOMMENDED: tuple[tuple[str, str, str], ...] = (
+    ("cat faces on a CPU", "best-cats64", "the best yardstick distance after 20 CPU-minutes of the recipes measured"),
+    ("cat faces on a GPU", "r3gan-cats64-gpu", "the R3GAN paper's recipe; not yet measured by this project on a GPU"),
+    ("CIFAR-10 on a GPU", "r3gan-cifar10-gpu", "the R3GAN paper's recipe; not yet measured by this project on a GPU"),
+)
+
 
 def preset_names() -> list[str]:
     """Return the names of the presets shipped in the package, sorted."""
