@@ -253,6 +253,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "runs" / "quality"))
     parser.add_argument("--reuse", action="store_true", help="score existing runs in --out instead of refusing")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--yardstick-epochs", type=int, default=15,
+                        help="epochs of the yardstick classifier (each count is cached apart; 15 take ~30 min on 2 cores)")
     args = parser.parse_args()
 
     needed = [CIFAR] + ([Path(args.data.split(":")[0])] if "/" in args.data else [])
@@ -263,7 +265,7 @@ def main() -> None:
     from purrgan.config import load_config
     from purrgan.data import load_images
 
-    model, accuracy = load_yardstick()
+    model, accuracy = load_yardstick(args.yardstick_epochs)
     recipes = [parse_recipe(r) for r in args.recipes]
     first = load_config(recipes[0][1]).data
     resolution, channels = (first.resolution, first.channels)
