@@ -2,6 +2,7 @@
 
 import csv
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -132,9 +133,10 @@ def test_a_checkpoint_written_by_purrgan_0_1_0_samples_and_resumes(tmp_path):
     assert load_config(config_file=run / "config.toml").augment.policy == ("color", "translation")
 
 
-def test_amp_auto_on_the_cpu_is_measured_once_recorded_and_kept_on_resume(tmp_path, caplog):
+def test_amp_auto_on_the_cpu_is_measured_once_recorded_and_kept_on_resume(tmp_path, caplog, monkeypatch):
     import logging
 
+    monkeypatch.setattr("purrgan.train.cpu_has_native_bf16", lambda: True)  # measure, whatever this CPU is
     run = tmp_path / "run"
     with caplog.at_level(logging.INFO):
         train(tiny_config(train__steps=5, train__amp="auto"), run)
@@ -146,6 +148,40 @@ def test_amp_auto_on_the_cpu_is_measured_once_recorded_and_kept_on_resume(tmp_pa
         train(tiny_config(train__steps=8, train__amp="auto"), run, resume=True)
     assert "mixed precision on this CPU" not in caplog.text  # a resumed run keeps its precision
     assert checkpoint.load_latest(run)[0]["config"]["train"]["amp"] == chosen
+
+
+def test_amp_auto_without_native_bf16_trains_in_float32_without_measuring(tmp_path, caplog, monkeypatch):
+    import logging
+
+    import purrgan.train as loop
+
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(loop, "_time_steps_both_ways", lambda *a: pytest.fail("measured on a CPU without bf16"))
+    with caplog.at_level(logging.INFO):
+        train(tiny_config(train__steps=3, train__amp="auto"), tmp_path / "run")
+    assert "this CPU has no native bf16; training in float32" in caplog.text
+    assert load_config(config_file=tmp_path / "run" / "config.toml").train.amp == "off"
+
+
+def test_amp_auto_stops_timing_a_bf16_that_has_already_lost(tmp_path, caplog, monkeypatch):
+    import logging
+
+    import purrgan.train as loop
+
+    real_step, bf16_steps = loop.train_step, []
+
+    def step(state, *args, **kwargs):
+        if state.precision == torch.bfloat16:
+            bf16_steps.append(1)
+            time.sleep(0.6)  # an emulated bf16 double backward, in miniature
+        return real_step(state, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(loop, "train_step", step)
+    with caplog.at_level(logging.INFO):
+        train(tiny_config(train__steps=3, train__amp="auto"), tmp_path / "run")
+    assert "bf16 steps take over twice the float32 time; training in float32" in caplog.text
+    assert len(bf16_steps) < 5  # 2 warm-up + 3 timed would be 5: it gave up early
 
 
 def test_max_minutes_stops_with_a_resumable_checkpoint(tmp_path, caplog):

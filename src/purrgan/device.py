@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import platform
 
 import torch
 from torch import nn
@@ -26,6 +28,27 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise PurrganError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """Return whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX); elsewhere bf16 is emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: nothing to gain either
+        return False
+
+
+def describe_device(device: torch.device) -> str:
+    """Return the device's model in words (for run.json and benchmark tables), e.g. "AMD EPYC CPU, 2 cores"."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:  # Linux names the CPU model only here; CPU figures differ 2x between models, so record it
+        with open("/proc/cpuinfo") as handle:
+            model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model} CPU, {os.cpu_count()} cores"
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:

@@ -16,7 +16,7 @@ import torch
 from . import checkpoint
 from .config import Config, to_toml
 from .data import ImageSet, load_images, split_validation, to_float
-from .device import resolve_device
+from .device import cpu_has_native_bf16, describe_device, resolve_device
 from .dist import setup as setup_distributed
 from .dist import teardown as teardown_distributed
 from .dist import weights_checksum
@@ -138,21 +138,12 @@ def run_summary(config: Config, data: ImageSet, state: TrainState) -> dict:
                  "skipped": data.skipped, "duplicates_dropped": data.duplicates,
                  "own_size": list(data.own_size) if data.own_size else None,
                  "resolution": config.data.resolution, "channels": config.data.channels, "flips": config.data.hflip},
-        "environment": {"device": str(state.device), "device_name": _device_name(state.device),
+        "environment": {"device": str(state.device), "device_name": describe_device(state.device),
                         "precision": "bf16" if state.precision == torch.bfloat16 else "fp16" if state.precision else "float32",
                         "processes": state.dist.world_size, "torch": torch.__version__, "purrgan": __version__,
                         "python": platform.python_version(), "platform": platform.platform(),
                         "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
     }
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import os
-    import platform
-
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
 
 
 def describe(config: Config, data: ImageSet, total_steps: int) -> str:
@@ -190,29 +181,46 @@ def settle_precision(config: Config, data: ImageSet, device: torch.device, dist,
 
     bf16 autocast is 1.3-2x faster on CPUs with native bf16 and slower on those without, so "auto"
     times a few small steps both ways (on throw-away networks: the run's random streams are
-    untouched) and keeps float32 unless bf16 is at least 15% faster. A resumed run keeps its choice.
+    untouched) and keeps float32 unless bf16 is at least 15% faster. A CPU without native bf16 is not
+    measured (emulated bf16 with a double backward took over 10 minutes for the trial alone). A resumed
+    run keeps its choice.
     """
     if config.train.amp != "auto" or device.type != "cpu":
         return config
     if resumed in ("off", "bf16"):
         return replace(config, train=replace(config.train, amp=resumed))
-    seconds = {}
+    if cpu_has_native_bf16():
+        seconds = _time_steps_both_ways(config, data, device, dist)
+        faster = seconds["bf16"] < seconds["off"] / 1.15
+        why = (f"bf16 steps take {100 * seconds['bf16'] / seconds['off']:.0f}% of the float32 time"
+               if seconds["bf16"] < float("inf") else "bf16 steps take over twice the float32 time")
+    else:  # emulated bf16 is slower, with a double backward (R1, the GP) by minutes a step: don't even measure
+        faster, why = False, "this CPU has no native bf16"
+    if dist.enabled:
+        faster = dist.any(faster, device)  # every rank takes the same precision
+    log.info("mixed precision on this CPU: %s; training in %s", why, "bf16" if faster else "float32")
+    return replace(config, train=replace(config.train, amp="bf16" if faster else "off"))
+
+
+def _time_steps_both_ways(config: Config, data: ImageSet, device: torch.device, dist) -> dict[str, float]:
+    """Return the seconds of 3 small steps in float32 and in bf16, after 2 warm-up steps each; inf for a bf16 that loses badly."""
+    seconds: dict[str, float] = {}
     for amp in ("off", "bf16"):
         trial = replace(config, train=replace(config.train, amp=amp, compile=False, ema=0.0,
                                               batch_size=min(config.train.batch_size, 32, len(data))))
         state = TrainState.create(trial, data, device, type(dist)())  # this process alone: no collectives
+        started = time.perf_counter()
         for _ in range(2):  # warm-up: oneDNN builds its kernels on first use
             train_step(state)
-        started = time.perf_counter()
+        timed = time.perf_counter()
         for _ in range(3):
             train_step(state)
-        seconds[amp] = time.perf_counter() - started
-    faster = seconds["bf16"] < seconds["off"] / 1.15
-    if dist.enabled:
-        faster = dist.any(faster, device)  # every rank takes the same precision
-    log.info("mixed precision on this CPU: bf16 steps take %.0f%% of the float32 time; training in %s",
-             100 * seconds["bf16"] / seconds["off"], "bf16" if faster else "float32")
-    return replace(config, train=replace(config.train, amp="bf16" if faster else "off"))
+            if amp == "bf16" and time.perf_counter() - started > 2 * seconds["whole"] + 1:
+                seconds[amp] = float("inf")  # bf16 has already lost: don't spend minutes proving it
+                break
+        seconds.setdefault(amp, time.perf_counter() - timed)
+        seconds.setdefault("whole", time.perf_counter() - started)
+    return seconds
 
 
 def _saved_setting(saved: tuple[dict, Path] | None, section: str, key: str):
