@@ -209,6 +209,10 @@ def run_recipe(args, label: str, preset: str, sets: list[str], seed: int, real: 
               f"KID {scores[-1]['kid']:.4f}", flush=True)
     rows = read_metrics(run)
     batch = json.loads(json.dumps(rows[-1])) if rows else {}
+    if not rows and trained_s:  # a slow recipe logged no row: steps x batch over the wall time, start-up included
+        from purrgan.config import load_config
+
+        batch["images_per_s"] = scores[-1]["step"] * load_config(config_file=run / "config.toml").train.batch_size / trained_s
     return {"label": label, "preset": preset, "sets": sets, "seed": seed, "scores": scores,
             "steps": scores[-1]["step"], "train_minutes": sum(r.get("elapsed_s", 0) for r in _session_ends(rows)) / 60,
             "wall_minutes": trained_s / 60, "images_per_s": batch.get("images_per_s", 0.0),
@@ -283,7 +287,9 @@ def main() -> None:
             print(f"training {label} (seed {seed})", flush=True)
             results.append(run_recipe(args, label, preset, sets, seed, real, model))
 
-    device = f"CPU ({os.cpu_count()} cores)" if not torch.cuda.is_available() else torch.cuda.get_device_name()
+    from purrgan.device import describe_device
+
+    device = describe_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     budget_text = (f"{args.minutes:g} training minutes" if args.minutes else f"{args.images:,} images" if args.images
                    else f"{args.cpu_seconds:g} CPU-seconds")
     baseline = args.baseline or recipes[0][0]

@@ -284,7 +284,9 @@ def main() -> None:
             print(f"{mode}: {results[mode]['images_per_s']:.0f} images/s", flush=True)
     peak, peak_kind = fp32_peak(args.device)
     flops = results["step"]["flops_per_step"]
-    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
+    from purrgan.device import describe_device
+
+    name = describe_device(torch.device(args.device))
     base = results["tutorial"]["images_per_s"]
     print(f"\ndevice: {name}; torch {torch.__version__}; model {args.model} ({resolution}x{resolution}x{channels}, "
           f"width {width}); batch {args.batch}; data: {args.images} {source}")

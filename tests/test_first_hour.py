@@ -238,6 +238,8 @@ def test_the_report_answers_is_it_copying_and_shows_flow_curve_classes_data_and_
     summary = json.loads((run / "run.json").read_text())
     assert summary["data"]["images"] > 300 and set(summary["data"]["classes"]) == {"1", "7"}
     assert summary["environment"]["torch"] == torch.__version__ and "device" in summary["environment"]
+    assert summary["environment"]["device_name"].endswith(f"CPU, {os.cpu_count()} cores")  # CPU model named
+    assert not summary["environment"]["device_name"].startswith(" CPU")
     page = (run / "report.html").read_text()
     for text in ("Is it copying the training data?", "Memorisation score", "Gradient flow", "One row per class",
                  "metrics during training", "Data", "Environment", "duplicates dropped"):
