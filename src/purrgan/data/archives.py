@@ -118,17 +118,24 @@ class ImageFiles:
             self._problem(problem)
         return names
 
+    def _admit(self, raw_name: str, size: int) -> str | None:
+        """Return a member's safe relative name, or None (counted as a problem) for an unsafe or oversized one."""
+        name = clean_member_name(raw_name)
+        if name is None:
+            self._problem(f"{raw_name!r}: not a safe relative name")
+        elif size > MAX_FILE_BYTES:
+            self._problem(f"{name}: {size / 2 ** 20:.0f} MB, too large for an image")
+        else:
+            return name
+        return None
+
     def _list_zip(self) -> list[str]:
         self._zip = zipfile.ZipFile(self.path)  # kept open: reopening per member rereads the directory
         for info in self._zip.infolist():
             if info.is_dir() or not is_image_name(info.filename) or info.filename.startswith("__MACOSX/"):
                 continue
-            name = clean_member_name(info.filename)
-            if name is None:
-                self._problem(f"{info.filename!r}: not a safe relative name")
-            elif info.file_size > MAX_FILE_BYTES:
-                self._problem(f"{name}: {info.file_size / 2 ** 20:.0f} MB, too large for an image")
-            else:
+            name = self._admit(info.filename, info.file_size)
+            if name is not None:
                 self._zip_names[name] = info.filename
         return sorted(self._zip_names)
 
@@ -139,12 +146,8 @@ class ImageFiles:
             for member in archive:
                 if not member.isfile() or not is_image_name(member.name):
                     continue
-                name = clean_member_name(member.name)
-                if name is None:
-                    self._problem(f"{member.name!r}: not a safe relative name")
-                elif member.size > MAX_FILE_BYTES:
-                    self._problem(f"{name}: {member.size / 2 ** 20:.0f} MB, too large for an image")
-                else:
+                name = self._admit(member.name, member.size)
+                if name is not None:
                     handle = archive.extractfile(member)
                     found[name] = handle.read(MAX_FILE_BYTES + 1) if handle is not None else OSError("not a regular file")
         return found
