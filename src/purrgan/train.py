@@ -204,7 +204,7 @@ def settle_precision(config: Config, data: ImageSet, device: torch.device, dist,
 
 def _time_steps_both_ways(config: Config, data: ImageSet, device: torch.device, dist) -> dict[str, float]:
     """Return the seconds of 3 small steps in float32 and in bf16, after 2 warm-up steps each; inf for a bf16 that loses badly."""
-    seconds: dict[str, float] = {}
+    seconds, limit = {}, float("inf")  # limit: past twice float32's whole trial, bf16 has lost
     for amp in ("off", "bf16"):
         trial = replace(config, train=replace(config.train, amp=amp, compile=False, ema=0.0,
                                               batch_size=min(config.train.batch_size, 32, len(data))))
@@ -212,14 +212,14 @@ def _time_steps_both_ways(config: Config, data: ImageSet, device: torch.device, 
         started = time.perf_counter()
         for _ in range(2):  # warm-up: oneDNN builds its kernels on first use
             train_step(state)
-        timed = time.perf_counter()
+        timed, lost = time.perf_counter(), False
         for _ in range(3):
             train_step(state)
-            if amp == "bf16" and time.perf_counter() - started > 2 * seconds["whole"] + 1:
-                seconds[amp] = float("inf")  # bf16 has already lost: don't spend minutes proving it
-                break
-        seconds.setdefault(amp, time.perf_counter() - timed)
-        seconds.setdefault("whole", time.perf_counter() - started)
+            lost = time.perf_counter() - started > limit
+            if lost:
+                break  # don't spend minutes proving it
+        seconds[amp] = float("inf") if lost else time.perf_counter() - timed
+        limit = 2 * (time.perf_counter() - started) + 1
     return seconds
 
 
