@@ -130,3 +130,17 @@ def test_r3gan_options_are_checked():
         check_config(load_config(overrides={"model.arch": "r3gan", "model.options.blocks": "two"}))
     config = _config("r3gan", 32, 3, z_dim=64, g_width=768, d_width=768)  # the paper's CIFAR-10 widths
     assert (_count(build_generator(config)), _count(build_discriminator(config))) == (20_732_163, 20_684_544)
+
+
+def test_keras_generator_starts_as_keras_does_so_samples_differ_with_z():
+    # With torch's default init this BatchNorm-free G drew one bias pattern for every z (about 10x
+    # more constant pattern than z-variation at step 0), and a CPU-length run kept it.
+    config = _config("keras-cifar", 32, 3, g_width=64)
+    torch.manual_seed(0)
+    generator = build_generator(config)
+    images = generator(torch.randn(64, config.model.z_dim))
+    variation = images.std(dim=0).mean()  # how much a pixel changes with z
+    pattern = images.mean(dim=0).abs().mean()  # the part every sample shares
+    assert variation > pattern
+    biases = [m.bias for m in generator.modules() if isinstance(m, (torch.nn.Linear, torch.nn.ConvTranspose2d))]
+    assert all(torch.count_nonzero(b) == 0 for b in biases)
