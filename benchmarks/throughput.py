@@ -305,6 +305,9 @@ def main() -> None:
     print(f"\nfp32 peak measured here: {peak / 1e9:.0f} GFLOP/s ({peak_kind}); a real run reaches "
           f"{results['run']['images_per_s'] / results['step']['images_per_s']:.0%} of the bare step "
           f"(precision {results['run']['precision']})")
+    ceiling = peak / flops * args.batch  # images/s if every executed FLOP ran at the measured peak
+    print(f"ceiling at 100% of that peak: {ceiling:.0f} images/s = {ceiling / base:.2f}x the tutorial "
+          f"({0.7 * ceiling / base:.2f}x at 70%); a speed-up target above it needs fewer FLOPs or lower precision")
     print(f"sampling (purrgan sample's path): {sampling_rate(args):.0f} images/s ({args.sample_num} images, batches of "
           f"{args.sample_batch})")
 
