@@ -144,3 +144,14 @@ def test_keras_generator_starts_as_keras_does_so_samples_differ_with_z():
     assert variation > pattern
     biases = [m.bias for m in generator.modules() if isinstance(m, (torch.nn.Linear, torch.nn.ConvTranspose2d))]
     assert all(torch.count_nonzero(b) == 0 for b in biases)
+
+
+def test_conditional_dcgan_discriminator_starts_with_a_class_term_no_larger_than_its_head():
+    # nn.Embedding's N(0, 1) init made the projection term ~100x the head's logit at step 0.
+    config = _config("dcgan", 32, 3, conditional="projection", num_classes=10, d_width=64)
+    torch.manual_seed(0)
+    discriminator = build_discriminator(config)
+    features = discriminator.main(torch.rand(64, 3, 32, 32) * 2 - 1)
+    head = discriminator.head(features).flatten()
+    class_term = discriminator.projection(features.sum(dim=(2, 3)), torch.randint(0, 10, (64,)))
+    assert class_term.std() < 3 * head.std()

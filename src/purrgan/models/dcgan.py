@@ -69,13 +69,20 @@ class Discriminator(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """DCGAN init: conv and linear weights ~ N(0, 0.02), BatchNorm scale ~ N(1, 0.02) and shift 0."""
+    """DCGAN init: conv, linear and projection weights ~ N(0, 0.02), BatchNorm scale ~ N(1, 0.02) and shift 0."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            weight = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
-            nn.init.normal_(weight, 0.0, 0.02)
+            nn.init.normal_(_weight(m), 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+        elif isinstance(m, Projection) and m.embed is not None:
+            # Left at nn.Embedding's N(0, 1), the class term outweighed the head's logit about 100x at
+            # step 0, and the conditional DCGAN trained far worse than the unconditional one.
+            nn.init.normal_(_weight(m.embed), 0.0, 0.02)
         elif isinstance(m, nn.BatchNorm2d) and m.affine:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+
+
+def _weight(m: nn.Module) -> torch.Tensor:
+    return m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
