@@ -124,7 +124,9 @@ def test_conditional_projection_run_on_the_digits(tmp_path):
     generator = load_generator(run)
     assert generator.classes == ["3", "7"]
     threes, sevens = generator.sample(4, seed=0, class_name="3"), generator.sample(4, seed=0, class_name="7")
-    assert (threes - sevens).abs().mean() > 1e-3  # same noise, other label, other picture
+    # Same noise, other label, other picture. A 30-step G's outputs are still tiny (~1e-3), so compare
+    # relative to their size, as the architecture test does.
+    assert (threes - sevens).abs().mean() > 0.1 * threes.abs().mean()
 
 
 def test_bad_class_name_lists_valid_ones(capsys, tmp_path):
