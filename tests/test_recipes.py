@@ -120,13 +120,12 @@ def test_per_class_run_writes_one_generator_per_class_and_samples_by_name(tmp_pa
 
 def test_conditional_projection_run_on_the_digits(tmp_path):
     run = tmp_path / "run"
-    train(tiny_config(model__conditional="projection", train__steps=30, data__classes="3,7"), run)
+    # 60 steps: with the projection at DCGAN init scale, 30 left the label effect at the bound (0.0010; 0.0030 at 60).
+    train(tiny_config(model__conditional="projection", train__steps=60, data__classes="3,7"), run)
     generator = load_generator(run)
     assert generator.classes == ["3", "7"]
     threes, sevens = generator.sample(4, seed=0, class_name="3"), generator.sample(4, seed=0, class_name="7")
-    # Same noise, other label, other picture. A 30-step G's outputs are still tiny (~1e-3), so compare
-    # relative to their size, as the architecture test does.
-    assert (threes - sevens).abs().mean() > 0.1 * threes.abs().mean()
+    assert (threes - sevens).abs().mean() > 1e-3  # same noise, other label, other picture
 
 
 def test_bad_class_name_lists_valid_ones(capsys, tmp_path):
