@@ -39,7 +39,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = Path(os.environ.get("PURRGAN_SHARED_DATA", ROOT.parent / "shared" / "data"))  # elsewhere on a device machine
 CIFAR = SHARED / "cifar10-jpg.tar.gz"
 CACHE = Path(__file__).resolve().parent / ".cache"
 FRACTIONS = (0.8, 0.9, 1.0)
@@ -261,7 +261,8 @@ def main() -> None:
                         help="epochs of the yardstick classifier (each count is cached apart; 15 take ~30 min on 2 cores)")
     args = parser.parse_args()
 
-    needed = [CIFAR] + ([Path(args.data.split(":")[0])] if "/" in args.data else [])
+    cached = (CACHE / f"yardstick-cifar10-v1-e{args.yardstick_epochs}.pt").is_file()
+    needed = ([] if cached else [CIFAR]) + ([Path(args.data.split(":")[0])] if "/" in args.data else [])
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
         print(f"quality benchmark skipped: {', '.join(missing)} not found (it needs the shared data sets)")

@@ -35,7 +35,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-CATS = ROOT.parent / "shared" / "data" / "cats64-kaggle.tar.gz"
+CATS = Path(os.environ.get("PURRGAN_SHARED_DATA", ROOT.parent / "shared" / "data")) / "cats64-kaggle.tar.gz"
 
 MODELS = {  # name: (preset, resolution, channels, width)
     "digits": ("dcgan-digits", 32, 1, 32),
