@@ -41,5 +41,5 @@ status=$?
 # One grid per run (EMA weights where kept), for the README gallery: at most 8 files come back.
 for run in /tmp/q-"$part"/*/; do
   [ -f "$run/checkpoints/last.safetensors" ] && python3 -m purrgan sample "$run" --num 64 --seed 0 --out "$out/$(basename "$run").png"
-done 2>/dev/null
+done
 exit $status

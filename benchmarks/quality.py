@@ -78,11 +78,15 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def yardstick_path(epochs: int) -> Path:
+    return CACHE / f"yardstick-cifar10-v1-e{epochs}.pt"
+
+
 def load_yardstick(epochs: int = 15) -> tuple[Yardstick, float]:
     """Return the classifier (trained once and cached) and its CIFAR-10 test accuracy."""
     from purrgan.data import load_images
 
-    path = CACHE / f"yardstick-cifar10-v1-e{epochs}.pt"
+    path = yardstick_path(epochs)
     model = Yardstick()
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -261,8 +265,7 @@ def main() -> None:
                         help="epochs of the yardstick classifier (each count is cached apart; 15 take ~30 min on 2 cores)")
     args = parser.parse_args()
 
-    cached = (CACHE / f"yardstick-cifar10-v1-e{args.yardstick_epochs}.pt").is_file()
-    needed = ([] if cached else [CIFAR]) + ([Path(args.data.split(":")[0])] if "/" in args.data else [])
+    needed = ([] if yardstick_path(args.yardstick_epochs).is_file() else [CIFAR]) + ([Path(args.data.split(":")[0])] if "/" in args.data else [])
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
         print(f"quality benchmark skipped: {', '.join(missing)} not found (it needs the shared data sets)")
