@@ -215,3 +215,44 @@ def test_compile_with_a_gradient_penalty_compiles_g_only(caplog):
     with caplog.at_level(logging.INFO):
         state = TrainState.create(config, load_images("digits", 32, 1), torch.device("cpu"), Distributed())
     assert state.D is state.discriminator and "compiling G only" in caplog.text
+
+
+class _Recorder(torch.nn.Module):
+    """Wraps D, noting each call's batch size and D's first weight at that moment."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, []
+
+    def forward(self, images, labels=None):
+        self.calls.append((images.shape[0], next(self.inner.parameters()).detach().clone()))
+        return self.inner(images, labels)
+
+
+@pytest.mark.parametrize("update", ["joint", "split"])
+def test_split_d_update_steps_on_half_the_reals_then_on_fakes_as_keras_does(update):
+    config = tiny_config(optim__d_update=update, model__arch="keras-cifar", data__channels="3")
+    state = TrainState.create(config, load_images("digits", 32, 3), torch.device("cpu"), Distributed())
+    state.D = recorder = _Recorder(state.D)
+    out = train_step(state)
+    (n_real, w_real), (n_fake, w_fake), (n_g, w_g) = recorder.calls
+    adam_steps = state.opt_d.state[next(state.discriminator.parameters())]["step"]
+    if update == "split":  # 16 reals, one Adam step, then 16 fakes scored by the moved D, one more step; G on 32
+        assert (n_real, n_fake, n_g, int(adam_steps)) == (16, 16, 32, 2)
+        assert not torch.equal(w_real, w_fake) and not torch.equal(w_fake, w_g)
+    else:  # one D update on 32 reals and 32 fakes
+        assert (n_real, n_fake, n_g, int(adam_steps)) == (32, 32, 32, 1)
+        assert torch.equal(w_real, w_fake) and not torch.equal(w_fake, w_g)
+    torch.testing.assert_close(out["d_loss"], out["d_loss_real"] + out["d_loss_fake"])
+    assert 0 < out["d_real"] < 1 and 0 < out["d_fake"] < 1  # BCE's scores shown as probabilities either way
+
+
+@pytest.mark.parametrize("overrides, says", [
+    ({"loss__name": "wgan-gp", "model__d_norm": "layer"}, "cannot carry D's gradient_penalty, which needs"),
+    ({"loss__r1_gamma": "1.0"}, "cannot carry D's r1_penalty"),
+    ({"loss__name": "rpgan", "loss__r1_gamma": "1.0", "loss__r2_gamma": "1.0"}, "use one of bce, bce-saturating"),
+])
+def test_split_d_update_refuses_losses_it_cannot_halve_in_one_line(overrides, says):
+    with pytest.raises(PurrganError, match=says) as caught:
+        check_config(tiny_config(optim__d_update="split", **overrides))
+    assert "\n" not in str(caught.value)

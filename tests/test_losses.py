@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from purrgan.config import LossConfig
-from purrgan.losses import LOSSES, clip_weights, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
+from purrgan.losses import LOSSES, clip_weights, d_half_objective, discriminator_loss, generator_loss, gradient_penalty, r1_penalty
 
 
 def identity(images, labels=None):  # a "discriminator" whose logit is the image's single pixel
@@ -39,6 +39,19 @@ def test_losses_match_hand_computed_values(name, d_expected, g_expected):
     torch.testing.assert_close(d_out["loss"], torch.tensor(d_expected))
     torch.testing.assert_close(d_out["d_loss_real"] + d_out["d_loss_fake"], d_out["loss"].detach())
     torch.testing.assert_close(generator_loss(options, identity, FAKE)["loss"], torch.tensor(g_expected))
+
+
+@pytest.mark.parametrize("name", [name for name, loss in LOSSES.items() if loss.half is not None])
+def test_a_loss_taken_on_reals_and_fakes_apart_adds_up_to_the_joint_loss(name):
+    options = LossConfig(name=name, label_smoothing=0.1)
+    joint = discriminator_loss(options, identity, REAL, FAKE)
+    real = d_half_objective(LOSSES[name], options, identity, REAL, None, real=True)
+    fake = d_half_objective(LOSSES[name], options, identity, FAKE, None, real=False)
+    torch.testing.assert_close(real["loss"] + fake["loss"], joint["loss"])
+    for key in ("d_loss_real", "d_real", "real_scores"):
+        torch.testing.assert_close(real[key], joint[key])
+    for key in ("d_loss_fake", "d_fake", "fake_scores"):
+        torch.testing.assert_close(fake[key], joint[key])
 
 
 def test_one_sided_label_smoothing():

@@ -65,16 +65,28 @@ def _scores(discriminator: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch
     return discriminator(batch.real, batch.labels).float(), discriminator(batch.fake, batch.labels).float()
 
 
+# D's loss on one side alone, for the losses that are a sum of a real and a fake term: (loss, scores as logged)
+Half = Callable[[torch.Tensor, bool, "LossConfig"], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _separable(half: Half, discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
+    real, fake = _scores(discriminator, batch)
+    (loss_real, shown_real), (loss_fake, shown_fake) = half(real, True, options), half(fake, False, options)
+    return _report(loss_real, loss_fake, real, fake, shown_real, shown_fake)
+
+
 # ---------------------------------------------------------------- bce (Goodfellow et al. 2014)
+
+
+def bce_half(scores: torch.Tensor, real: bool, options: "LossConfig") -> tuple[torch.Tensor, torch.Tensor]:
+    """Return D's BCE on one side (reals towards 1 - label_smoothing, fakes towards 0) and the scores as probabilities."""
+    target = torch.full_like(scores, 1.0 - options.label_smoothing if real else 0.0)
+    return F.binary_cross_entropy_with_logits(scores, target), torch.sigmoid(scores)
 
 
 def bce_d(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
     """Return D's loss -log D(x) - log(1 - D(G(z))), with one-sided label smoothing of the real target."""
-    real, fake = _scores(discriminator, batch)
-    target = torch.full_like(real, 1.0 - options.label_smoothing)
-    loss_real = F.binary_cross_entropy_with_logits(real, target)
-    loss_fake = F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
-    return _report(loss_real, loss_fake, real, fake, torch.sigmoid(real), torch.sigmoid(fake))
+    return _separable(bce_half, discriminator, batch, options)
 
 
 def bce_g(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
@@ -92,10 +104,13 @@ def bce_saturating_g(discriminator: nn.Module, batch: Batch, options: "LossConfi
 # ---------------------------------------------------------------- Wasserstein (Arjovsky et al. 2017)
 
 
+def wgan_half(scores: torch.Tensor, real: bool, options: "LossConfig") -> tuple[torch.Tensor, torch.Tensor]:
+    return (-scores.mean() if real else scores.mean()), scores
+
+
 def wgan_d(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
     """Return the critic's loss E[D(G(z))] - E[D(x)] (minus the Wasserstein estimate)."""
-    real, fake = _scores(discriminator, batch)
-    return _report(-real.mean(), fake.mean(), real, fake)
+    return _separable(wgan_half, discriminator, batch, options)
 
 
 def wgan_g(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
@@ -106,20 +121,26 @@ def wgan_g(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> Los
 # ---------------------------------------------------------------- hinge (Lim & Ye 2017; Miyato et al. 2018)
 
 
+def hinge_half(scores: torch.Tensor, real: bool, options: "LossConfig") -> tuple[torch.Tensor, torch.Tensor]:
+    return F.relu(1 - scores if real else 1 + scores).mean(), scores
+
+
 def hinge_d(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
     """Return D's hinge loss E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))]."""
-    real, fake = _scores(discriminator, batch)
-    return _report(F.relu(1 - real).mean(), F.relu(1 + fake).mean(), real, fake)
+    return _separable(hinge_half, discriminator, batch, options)
 
 
 # ---------------------------------------------------------------- least squares (Mao et al. 2017)
 
 
+def lsgan_half(scores: torch.Tensor, real: bool, options: "LossConfig") -> tuple[torch.Tensor, torch.Tensor]:
+    target = 1.0 - options.label_smoothing if real else 0.0
+    return 0.5 * ((scores - target) ** 2).mean(), scores
+
+
 def lsgan_d(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
     """Return D's loss 1/2 E[(D(x) - 1)^2] + 1/2 E[D(G(z))^2] (the 0-1 coding of the LSGAN paper)."""
-    real, fake = _scores(discriminator, batch)
-    target = 1.0 - options.label_smoothing
-    return _report(0.5 * ((real - target) ** 2).mean(), 0.5 * (fake ** 2).mean(), real, fake)
+    return _separable(lsgan_half, discriminator, batch, options)
 
 
 def lsgan_g(discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
@@ -239,6 +260,7 @@ class Loss:
     summary: str
     declares: tuple[Callable[["LossConfig"], Regulariser], ...] = ()  # regularisers that belong to the loss itself
     requires: tuple[Callable[["Config", nn.Module], None], ...] = field(default=())
+    half: Half | None = None  # D's loss on reals or fakes alone, for optim.d_update = "split"; None: not separable
 
     def regularisers(self, options: "LossConfig") -> list[Regulariser]:
         """Return the loss's own regularisers plus R1/R2 wherever their gamma is set."""
@@ -251,6 +273,10 @@ class Loss:
         """Raise PurrganError when config (with a probe of its D) breaks one of this loss's requirements."""
         for requirement in self.requires:
             requirement(config, discriminator)
+
+    def d_penalties(self, options: "LossConfig") -> list[Regulariser]:
+        """Return the D penalties that are switched on (R1, R2, the gradient penalty), not the constraints."""
+        return [r for r in self.regularisers(options) if r.side == "D" and r.penalty is not None and r.weight > 0]
 
     @property
     def clip(self) -> bool:  # purrgan 0.1's names, kept for callers that ask
@@ -273,6 +299,15 @@ def d_objective(loss: Loss, options: "LossConfig", discriminator: nn.Module, bat
         out["loss"] = out["loss"] + regulariser.weight * regulariser.every * value
         out[regulariser.name] = value.detach()
     return out
+
+
+def d_half_objective(loss: Loss, options: "LossConfig", discriminator: nn.Module, images: torch.Tensor,
+                     labels: torch.Tensor | None, real: bool) -> LossDict:
+    """Return D's loss on reals alone or fakes alone (optim.d_update = "split"), with the entries d_objective reports."""
+    scores = discriminator(images, labels).float()
+    value, shown = loss.half(scores, real, options)
+    side = "real" if real else "fake"
+    return {"loss": value, f"d_loss_{side}": value.detach(), f"d_{side}": shown.mean().detach(), f"{side}_scores": scores}
 
 
 def g_objective(loss: Loss, options: "LossConfig", discriminator: nn.Module, batch: Batch, step: int,
@@ -306,13 +341,16 @@ def generator_loss(options: "LossConfig", discriminator: nn.Module, fake: torch.
 
 
 LOSSES: dict[str, Loss] = {
-    "bce": Loss(bce_d, bce_g, "non-saturating GAN loss, BCE on logits (Goodfellow et al. 2014; the DCGAN default)"),
-    "bce-saturating": Loss(bce_d, bce_saturating_g, "the original minimax loss log(1 - D(G(z))) for G (for teaching)"),
-    "wgan": Loss(wgan_d, wgan_g, "Wasserstein loss with weight clipping (Arjovsky et al. 2017)", declares=(clipping,)),
+    "bce": Loss(bce_d, bce_g, "non-saturating GAN loss, BCE on logits (Goodfellow et al. 2014; the DCGAN default)",
+                half=bce_half),
+    "bce-saturating": Loss(bce_d, bce_saturating_g, "the original minimax loss log(1 - D(G(z))) for G (for teaching)",
+                           half=bce_half),
+    "wgan": Loss(wgan_d, wgan_g, "Wasserstein loss with weight clipping (Arjovsky et al. 2017)", declares=(clipping,),
+                 half=wgan_half),
     "wgan-gp": Loss(wgan_d, wgan_g, "Wasserstein loss with gradient penalty (Gulrajani et al. 2017)", declares=(gp,),
-                    requires=(no_batchnorm_in_d("a gradient penalty"),)),
-    "hinge": Loss(hinge_d, wgan_g, "hinge loss (Lim & Ye 2017; SNGAN, BigGAN)"),
-    "lsgan": Loss(lsgan_d, lsgan_g, "least-squares GAN (Mao et al. 2017)"),
+                    requires=(no_batchnorm_in_d("a gradient penalty"),), half=wgan_half),
+    "hinge": Loss(hinge_d, wgan_g, "hinge loss (Lim & Ye 2017; SNGAN, BigGAN)", half=hinge_half),
+    "lsgan": Loss(lsgan_d, lsgan_g, "least-squares GAN (Mao et al. 2017)", half=lsgan_half),
     "rpgan": Loss(rpgan_d, rpgan_g, "relativistic pairing GAN with R1 + R2 (Huang et al. 2025, R3GAN)",
                   declares=(r1, r2), requires=(zero_centred_gammas,)),
 }

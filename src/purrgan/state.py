@@ -42,11 +42,27 @@ def check_config(config: Config) -> None:
         raise PurrganError(f"unknown loss.name '{config.loss.name}'; choose one of: {', '.join(LOSSES)}")
     probe = replace(config, model=replace(config.model, num_classes=max(config.model.num_classes, 2)))
     LOSSES[config.loss.name].check(config, build_discriminator(probe))
+    if config.optim.d_update == "split":
+        check_split_updates(config, LOSSES[config.loss.name])
     check_policy(config.augment.policy)
     if config.train.eval_every:
         from .metrics import parse_metrics
         parse_metrics(config.train.eval_metrics)
     active_loggers(config)
+
+
+def check_split_updates(config: Config, loss: Loss) -> None:
+    """Raise PurrganError unless D's loss can be taken on reals and fakes apart, as optim.d_update = "split" does."""
+    what = "optim.d_update = \"split\" (separate D updates on reals and on fakes)"
+    if loss.half is None:
+        separable = ", ".join(name for name, candidate in LOSSES.items() if candidate.half is not None)
+        raise PurrganError(f"{what} needs a loss with separate real and fake terms; loss.name '{config.loss.name}' "
+                           f"has none: use one of {separable}, or optim.d_update = \"joint\"")
+    if penalties := loss.d_penalties(config.loss):
+        raise PurrganError(f"{what} cannot carry D's {', '.join(r.name for r in penalties)}, which needs the joint "
+                           f"update: set optim.d_update = \"joint\" or switch the penalty off")
+    if config.train.batch_size < 2:
+        raise PurrganError(f"{what} halves each batch: train.batch_size must be at least 2")
 
 
 def make_optimizer(config: Config, parameters, lr: float, device: torch.device) -> torch.optim.Optimizer:

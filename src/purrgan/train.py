@@ -24,7 +24,7 @@ from .ema import ema_decay, update_ema
 from .errors import PurrganError
 from .generate import fixed_noise, sample_fixed
 from .health import HealthWarning, TrainingDiverged, first_non_finite
-from .losses import Batch, apply_constraints, d_objective, g_objective
+from .losses import Batch, apply_constraints, d_half_objective, d_objective, g_objective
 from .monitor import NullMonitor, RunMonitor, layer_grad_norms, weights_and_grads
 from .rundir import RunFolder
 from .state import TrainState, check_config
@@ -47,23 +47,28 @@ class RunResult:
 
 
 def train_step(state: TrainState, log_now: bool = False, histograms: bool = False) -> dict[str, torch.Tensor]:
-    """One step: d_steps D updates on fresh real batches, then g_steps G updates; returns the tensors to log.
+    """One step: d_steps D updates on fresh real batches (two each, reals then fakes, when optim.d_update is
+    "split"), then g_steps G updates; returns the tensors to log.
 
     0-dim entries are statistics (losses, penalties, D's outputs, gradient norms when log_now); larger
     ones are histograms (when asked). No file is touched and nothing leaves the device.
     """
     config, progress = state.config, state.step / state.total_steps
     stats: dict[str, torch.Tensor] = {}
-    reuse = config.optim.d_steps == 1 and config.optim.g_steps == 1  # G's update reuses D's fake batch (one G forward)
+    split = config.optim.d_update == "split"
+    reuse = config.optim.d_steps == 1 and config.optim.g_steps == 1 and not split  # G's update reuses D's fakes (one G forward)
     for _ in range(config.optim.d_steps):
         real, labels = state.real_batch()  # (B, C, H, W) in [-1, 1]
-        z = state.noise(real.shape[0])
-        with state.autocast():
-            with torch.set_grad_enabled(reuse):  # keep G's graph only when G's update will use this batch
-                fake = state.G(z, labels)
-            batch = Batch(state.augment(real, state.rng, progress), state.augment(fake.detach(), state.rng, progress), labels, z)
-            d_out = d_objective(state.loss, config.loss, state.D, batch, state.step, state.rng)  # float32 losses
-        stats.update(_update(state, "D", d_out["loss"], log_now, histograms))
+        if split:
+            batch, d_out = _split_d_updates(state, real, labels, progress, stats, log_now, histograms)
+        else:
+            z = state.noise(real.shape[0])
+            with state.autocast():
+                with torch.set_grad_enabled(reuse):  # keep G's graph only when G's update will use this batch
+                    fake = state.G(z, labels)
+                batch = Batch(state.augment(real, state.rng, progress), state.augment(fake.detach(), state.rng, progress), labels, z)
+                d_out = d_objective(state.loss, config.loss, state.D, batch, state.step, state.rng)  # float32 losses
+            stats.update(_update(state, "D", d_out["loss"], log_now, histograms))
         state.augment.observe(d_out, state.dist.mean)
 
     state.discriminator.requires_grad_(False)  # G's update needs no gradients for D's weights
@@ -85,6 +90,30 @@ def train_step(state: TrainState, log_now: bool = False, histograms: bool = Fals
     stats.update({"d_loss": d_out["loss"], "g_loss": g_out["loss"], **state.augment.stats()})
     stats.update({k: v for k, v in {**g_out, **d_out}.items() if k != "loss" and v.ndim == 0})
     return {k: v.detach() for k, v in stats.items()}
+
+
+def _split_d_updates(state: TrainState, real: torch.Tensor, labels: torch.Tensor | None, progress: float,
+                     stats: dict[str, torch.Tensor], record: bool, histograms: bool) -> tuple[Batch, dict[str, torch.Tensor]]:
+    """The Keras tutorial's D training: one update on half the batch of reals, then one on as many fresh fakes.
+
+    Each half is its own optimiser step, so the fakes are scored by the D the reals have already moved.
+    The gradient flow recorded is the fake update's. Returns the batch D saw and d_objective's entries.
+    """
+    half = real.shape[0] // 2
+    real, labels = real[:half], None if labels is None else labels[:half]
+    z = state.noise(half)
+    with state.autocast():
+        with torch.no_grad():
+            fake = state.G(z, labels)
+        batch = Batch(state.augment(real, state.rng, progress), state.augment(fake, state.rng, progress), labels, z)
+    d_out: dict[str, torch.Tensor] = {}
+    for is_real, images in ((True, batch.real), (False, batch.fake)):
+        with state.autocast():
+            part = d_half_objective(state.loss, state.config.loss, state.D, images, labels, is_real)
+        stats.update(_update(state, "D", part.pop("loss"), record, histograms))
+        d_out.update(part)
+    d_out["loss"] = d_out["d_loss_real"] + d_out["d_loss_fake"]
+    return batch, d_out
 
 
 def _update(state: TrainState, side: str, loss: torch.Tensor, record: bool, histograms: bool) -> dict[str, torch.Tensor]:
@@ -320,7 +349,7 @@ def run_loop(state: TrainState, run_dir: Path, monitor, evaluator, on_progress: 
         histograms = log_now and (state.step + 1) % config.train.histogram_every == 0
         try:
             stats = train_step(state, log_now, histograms)
-            clock["seen"] += config.train.batch_size * config.optim.d_steps
+            clock["seen"] += real_images_per_step(config)
             if log_now:  # the only host-device sync: every log_every steps
                 clock["row"] = log_stats(state, stats, monitor, clock)
             if dist.is_main and state.step % config.train.sample_every == 0:
@@ -348,6 +377,11 @@ def run_loop(state: TrainState, run_dir: Path, monitor, evaluator, on_progress: 
         monitor.frame(state.step, sample_fixed(state.sampler, z_fixed, labels_fixed))
     if on_progress:
         on_progress(state.step, total, clock["row"], True)  # the bar closes before loggers print their goodbyes
+
+
+def real_images_per_step(config: Config) -> int:
+    """Return how many real images D trains on in one step (half a batch per D step when D's update is split)."""
+    return config.train.batch_size // (2 if config.optim.d_update == "split" else 1) * config.optim.d_steps
 
 
 def due_next(step: int, every: int, total: int) -> bool:
