@@ -160,6 +160,16 @@ def test_health_monitor_units():
     assert HealthMonitor("bce", 100, 0.5).check_samples(50, _collapsed(16)) == []  # alike from the start: not collapse
 
 
+def test_a_long_run_warns_within_a_cpu_users_first_ten_minutes():
+    # keras-cifar-catdog: 200 epochs are 15,600 steps, 10 CPU-minutes about 480; its D won from step 125
+    monitor = HealthMonitor("bce", total_steps=15_600, real_spread=0.5)
+    row = {"d_loss": 0.002, "g_loss": 7.0, "d_real": 0.999, "d_fake": 0.001}
+    fired = [(w.kind, w.step) for step in range(125, 500, 25) for w in monitor.check_losses(step, row)]
+    assert fired == [("d_wins", 300)]  # the eighth row of the window
+    assert monitor.check_samples(0, _varied(16)) == []  # varied at step 0, inside the warm-up
+    assert [w.kind for w in monitor.check_samples(250, _collapsed(16))] == ["collapse"]
+
+
 def test_wandb_logger_with_a_stand_in_module(tmp_path, monkeypatch):
     logged = []
     fake_run = types.SimpleNamespace(log=lambda values, step: logged.append((step, values)), finish=lambda: logged.append("finish"))

@@ -36,7 +36,8 @@ class HealthMonitor:
     def __init__(self, loss_name: str, total_steps: int, real_spread: float, window: int = 8,
                  d_wins_margin: float = 0.02, collapse_fraction: float = 0.15, blank_std: float = 0.02):
         self.loss_name, self.real_spread = loss_name, real_spread
-        self.warmup = min(500, max(total_steps // 10, 1))
+        # Short: a CPU user's 10-minute run is 400-500 steps, and D can win from step 125 (keras-cifar-catdog).
+        self.warmup = min(100, max(total_steps // 10, 1))
         self.window, self.margin = window, d_wins_margin
         self.collapse_fraction, self.blank_std = collapse_fraction, blank_std
         self.recent: deque[dict] = deque(maxlen=window)
@@ -74,6 +75,11 @@ class HealthMonitor:
 
     def check_samples(self, step: int, samples: torch.Tensor) -> list[HealthWarning]:
         """Return new warnings from the fixed-noise samples (N, C, H, W) in [-1, 1]."""
+        distance = mean_pairwise_distance(samples)
+        # Collapse is a loss of variety G once had (an untrained G's samples all look alike too), so the
+        # most varied grid counts from the first one, warm-up included.
+        lost = distance < 0.5 * self.best_spread
+        self.best_spread = max(self.best_spread, distance)
         if step < self.warmup:
             return []
         warnings = []
@@ -83,10 +89,6 @@ class HealthMonitor:
                                         f"the samples are all one colour (pixel std {spread:.4f}) at step {step}. This usually "
                                         f"means G's output saturated: check that images are scaled to [-1, 1] with tanh at "
                                         f"G's end, that BatchNorm is in G, and the N(0, 0.02) init; lower optim.lr_g"))
-        distance = mean_pairwise_distance(samples)
-        # Collapse is a loss of variety G once had: an untrained G's samples all look alike too.
-        lost = distance < 0.5 * self.best_spread
-        self.best_spread = max(self.best_spread, distance)
         if distance < self.collapse_fraction * self.real_spread and lost and "collapse" not in self.raised and "blank" not in self.raised:
             warnings.append(self._raise("collapse", step,
                                         f"mode collapse: the fixed-noise samples are nearly identical (mean distance "
