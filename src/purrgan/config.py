@@ -158,10 +158,10 @@ _LOGGERS = ("tensorboard", "wandb", "none")
 # What `purrgan presets` recommends, per use and kind of device: (use, preset, why). The CPU choice
 # is measured by benchmarks/quality.py at equal training time (README, "Results on real data").
 RECOMMENDED: tuple[tuple[str, str, str], ...] = (
-    ("cat faces on a CPU", "best-cats64", "measured: 0.22-0.64x the yardstick distance of dcgan-cats64 after 20 CPU-minutes, three runs"),
+    ("cat faces on a CPU", "best-cats64", "measured: 0.22-0.64x the yardstick distance of dcgan-cats64 after 20 CPU-minutes, mean 0.44x over four runs"),
     ("CIFAR-10 on a CPU", "dcgan-cifar10", "measured: 1,394 steps in 10 CPU-minutes; linDCGAN 1.14x its yardstick distance, perclass-cifar10 0.81x but ten models"),
     ("CIFAR-10 by class on a CPU", "cdcgan-cifar10", "measured: 0.91x dcgan-cifar10's yardstick distance after 10 CPU-minutes, one model for every class"),
-    ("CIFAR-10 dogs on a CPU", "dcgan-cifar-dog", "measured: 0.16x the Keras-tutorial GAN's yardstick distance after 10 CPU-minutes"),
+    ("CIFAR-10 dogs on a CPU", "dcgan-cifar-dog", "measured: 0.15x the Keras-tutorial GAN's yardstick distance after 10 CPU-minutes"),
     ("cat faces on a GPU", "r3gan-cats64-gpu", "the R3GAN paper's recipe; not yet measured by this project on a GPU"),
     ("CIFAR-10 on a GPU", "r3gan-cifar10-gpu", "the R3GAN paper's recipe; not yet measured by this project on a GPU"),
 )
