@@ -48,17 +48,17 @@ class Regulariser:
     needs_grad: Literal["real", "fake", None] = None  # the batch input the penalty differentiates D with respect to
     constraint: Callable[[nn.Module, float], None] | None = None  # applied after the side's optimiser step
 
+    @property
+    def active(self) -> bool:  # a penalty that is switched on (a constraint is not a penalty)
+        return self.penalty is not None and self.weight > 0
+
     def due(self, step: int) -> bool:
-        return self.penalty is not None and self.weight > 0 and step % self.every == 0
+        return self.active and step % self.every == 0
 
 
-def _report(loss_real: torch.Tensor, loss_fake: torch.Tensor, real_scores: torch.Tensor, fake_scores: torch.Tensor,
-            shown_real: torch.Tensor | None = None, shown_fake: torch.Tensor | None = None) -> LossDict:
-    shown_real = real_scores if shown_real is None else shown_real
-    shown_fake = fake_scores if shown_fake is None else shown_fake
-    return {"loss": loss_real + loss_fake, "d_loss_real": loss_real.detach(), "d_loss_fake": loss_fake.detach(),
-            "d_real": shown_real.mean().detach(), "d_fake": shown_fake.mean().detach(),
-            "real_scores": real_scores, "fake_scores": fake_scores}
+def _side_report(side: str, loss: torch.Tensor, scores: torch.Tensor, shown: torch.Tensor) -> LossDict:
+    """Return what D's loss reports of one side ("real" or "fake"): its loss, mean shown score and raw scores."""
+    return {f"d_loss_{side}": loss.detach(), f"d_{side}": shown.mean().detach(), f"{side}_scores": scores}
 
 
 def _scores(discriminator: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +72,8 @@ Half = Callable[[torch.Tensor, bool, "LossConfig"], tuple[torch.Tensor, torch.Te
 def _separable(half: Half, discriminator: nn.Module, batch: Batch, options: "LossConfig") -> LossDict:
     real, fake = _scores(discriminator, batch)
     (loss_real, shown_real), (loss_fake, shown_fake) = half(real, True, options), half(fake, False, options)
-    return _report(loss_real, loss_fake, real, fake, shown_real, shown_fake)
+    return {"loss": loss_real + loss_fake, **_side_report("real", loss_real, real, shown_real),
+            **_side_report("fake", loss_fake, fake, shown_fake)}
 
 
 # ---------------------------------------------------------------- bce (Goodfellow et al. 2014)
@@ -276,7 +277,7 @@ class Loss:
 
     def d_penalties(self, options: "LossConfig") -> list[Regulariser]:
         """Return the D penalties that are switched on (R1, R2, the gradient penalty), not the constraints."""
-        return [r for r in self.regularisers(options) if r.side == "D" and r.penalty is not None and r.weight > 0]
+        return [r for r in self.regularisers(options) if r.side == "D" and r.active]
 
     @property
     def clip(self) -> bool:  # purrgan 0.1's names, kept for callers that ask
@@ -306,8 +307,7 @@ def d_half_objective(loss: Loss, options: "LossConfig", discriminator: nn.Module
     """Return D's loss on reals alone or fakes alone (optim.d_update = "split"), with the entries d_objective reports."""
     scores = discriminator(images, labels).float()
     value, shown = loss.half(scores, real, options)
-    side = "real" if real else "fake"
-    return {"loss": value, f"d_loss_{side}": value.detach(), f"d_{side}": shown.mean().detach(), f"{side}_scores": scores}
+    return {"loss": value, **_side_report("real" if real else "fake", value, scores, shown)}
 
 
 def g_objective(loss: Loss, options: "LossConfig", discriminator: nn.Module, batch: Batch, step: int,
