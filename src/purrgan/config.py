@@ -70,6 +70,7 @@ class OptimConfig:
     beta2: float = 0.999
     d_steps: int = 1  # D updates per step (n_critic)
     g_steps: int = 1  # G updates per step
+    implementation: Literal["auto", "fused", "foreach", "loop"] = "auto"  # the optimiser's kernels; "auto": fused on CUDA
     d_update: Literal["joint", "split"] = "joint"  # "split": as the Keras tutorial, D steps on half a batch of reals, then on half a batch of fakes
 
 

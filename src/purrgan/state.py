@@ -44,6 +44,8 @@ def check_config(config: Config) -> None:
     LOSSES[config.loss.name].check(config, build_discriminator(probe))
     if config.optim.d_update == "split":
         check_split_updates(config, LOSSES[config.loss.name])
+    if config.optim.name == "rmsprop" and config.optim.implementation == "fused":
+        raise PurrganError("PyTorch has no fused RMSprop; use optim.implementation = \"foreach\" or \"auto\" with rmsprop")
     check_policy(config.augment.policy)
     if config.train.eval_every:
         from .metrics import parse_metrics
@@ -66,11 +68,33 @@ def check_split_updates(config: Config, loss: Loss) -> None:
 
 
 def make_optimizer(config: Config, parameters, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """Return the configured optimiser: Adam with (beta1, beta2) (fused on CUDA), or RMSprop as in the WGAN paper."""
-    if config.optim.name == "rmsprop":
-        return torch.optim.RMSprop(parameters, lr=lr)
-    return torch.optim.Adam(parameters, lr=lr, betas=(config.optim.beta1, config.optim.beta2),
-                            **({"fused": True} if device.type == "cuda" else {}))
+    """Return the configured optimiser: Adam with (beta1, beta2), or RMSprop as in the WGAN paper.
+
+    optim.implementation picks the kernels: "auto" is fused on CUDA (one kernel for every tensor) and
+    PyTorch's own choice elsewhere.
+    """
+    kernels = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}.get(
+        config.optim.implementation, {})
+    if config.optim.name == "rmsprop":  # PyTorch has no fused RMSprop (check_config refuses "fused" for it)
+        return torch.optim.RMSprop(parameters, lr=lr, **kernels)
+    if config.optim.implementation == "auto" and device.type == "cuda":
+        kernels = {"fused": True}
+    return torch.optim.Adam(parameters, lr=lr, betas=(config.optim.beta1, config.optim.beta2), **kernels)
+
+
+def match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Put every optimiser state tensor in its parameter's memory layout.
+
+    Optimizer.load_state_dict restores dtype and device but not strides, and checkpoints hold
+    contiguous tensors: after a resume or a roll-back, channels_last weights would get NCHW moments.
+    Fused Adam refuses that on CUDA (PyTorch issue 106951) and silently mixes the elements up on a CPU.
+    """
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            slots = optimizer.state.get(parameter, {})
+            for key, value in slots.items():
+                if torch.is_tensor(value) and value.shape == parameter.shape and value.stride() != parameter.stride():
+                    slots[key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
 
 
 @dataclass
@@ -115,9 +139,9 @@ class TrainState:
                 raise PurrganError("train.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only)")
             generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
             discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
-        generator_ema = make_ema(generator) if config.train.ema > 0 else None
         layout = memory_format(config.train.channels_last)
         generator, discriminator = generator.to(memory_format=layout), discriminator.to(memory_format=layout)
+        generator_ema = make_ema(generator) if config.train.ema > 0 else None  # a copy in G's layout: one lerp per step
         precision = amp_dtype(config.train.amp, device)
         loader = DeviceLoader(data, config.train.batch_size, config.train.seed, device, config.train.data_on_device,
                               dist.rank, dist.world_size)  # each rank draws its share of every global batch
@@ -198,6 +222,8 @@ class TrainState:
                 self.generator_ema.load_state_dict(state.get("generator_ema") or state["generator"])
             self.opt_g.load_state_dict(state["opt_g"])
             self.opt_d.load_state_dict(state["opt_d"])
+            match_layouts(self.opt_g)
+            match_layouts(self.opt_d)
             self.loader.load_state(state["loader"])
             self.rng.set_state(state["rng"]["train"])
             torch.set_rng_state(state["rng"]["torch"])
