@@ -72,20 +72,17 @@ def memory_format(setting: str) -> torch.memory_format:
     return torch.contiguous_format if setting in ("off", "false") else torch.channels_last
 
 
-def maybe_compile(module: nn.Module, enabled: bool, example: tuple) -> nn.Module:
-    """Return torch.compile(module) if it works on a trial forward, else module itself with a warning."""
+def maybe_compile(module: nn.Module, enabled: bool) -> nn.Module:
+    """Return torch.compile(module) when enabled (compiled lazily, on the first call), else module itself.
+
+    The first call must be the one training makes (train.warm_up_compiled): a trial on another
+    signature (eval mode, no_grad, float32, another batch) only adds graphs that training then recompiles.
+    """
     if not enabled:
         return module
-    was_training = module.training
     try:
-        compiled = torch.compile(module)
-        module.eval()  # the trial must not move BatchNorm statistics
-        with torch.no_grad():
-            compiled(*example)
-        return compiled
-    except Exception as error:  # noqa: BLE001 - any compiler failure means "train eagerly"
-        log.warning("torch.compile failed for %s (%s); training without compiling", type(module).__name__,
+        return torch.compile(module)
+    except Exception as error:  # noqa: BLE001 - a PyTorch/Python pair without compile support: train eagerly
+        log.warning("torch.compile is not available for %s (%s); training without compiling", type(module).__name__,
                     str(error).splitlines()[0][:200] if str(error) else type(error).__name__)
         return module
-    finally:
-        module.train(was_training)

@@ -157,15 +157,21 @@ class TrainState:
             loader=loader, augment=build_augment(config.augment).to(device), loss=LOSSES[config.loss.name],
             device=device, dist=dist, total_steps=total, flip=config.data.hflip == "on",
             precision=precision, layout=layout)
-        example = torch.zeros(2, config.model.z_dim, device=device), torch.zeros(2, dtype=torch.long, device=device)
-        images = torch.zeros(2, config.data.channels, config.data.resolution, config.data.resolution, device=device)
-        state.G = maybe_compile(generator, config.train.compile, example)
+        state.G = maybe_compile(generator, config.train.compile)  # compiled by the first step (train.warm_up_compiled)
         # A compiled module cannot be differentiated twice, which R1, R2 and the gradient penalty need: D stays eager.
         penalised = any(r.penalty is not None and r.weight > 0 for r in state.loss.regularisers(config.loss))
         if config.train.compile and penalised:
             log.info("compiling G only: D's gradient penalties need a double backward, which compiled code lacks")
-        state.D = maybe_compile(discriminator, config.train.compile and not penalised, (images, example[1]))
+        state.D = maybe_compile(discriminator, config.train.compile and not penalised)
         return state
+
+    @property
+    def compiled(self) -> bool:
+        return self.G is not self.generator or self.D is not self.discriminator
+
+    def snapshot(self) -> dict:
+        """Return a copy of state_dict() that later steps cannot change (state_dict() shares the live tensors)."""
+        return _copied(self.state_dict())
 
     # ---------------------------------------------------------------- what the step draws
 
@@ -242,6 +248,16 @@ class TrainState:
         self.extra = dict(state.get("extra") or {})
         if self.dist.rank > 0:  # the checkpoint holds rank 0's draws; the others continue from their own seeds
             self.rng.manual_seed(derived_seed(self.config.train.seed, 1_000_003 * self.dist.rank + self.step))
+
+
+def _copied(value):
+    if torch.is_tensor(value):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: _copied(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copied(item) for item in value)
+    return value
 
 
 def check_compatible(state: dict, config: Config, source: Path | str) -> None:

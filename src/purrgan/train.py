@@ -92,6 +92,27 @@ def train_step(state: TrainState, log_now: bool = False, histograms: bool = Fals
     return {k: v.detach() for k, v in stats.items()}
 
 
+def warm_up_compiled(state: TrainState) -> None:
+    """Compile G and D on one real step (the graphs training uses), then put the state back as it was.
+
+    The step runs on the live state, so the compiled graphs see the batch size, train mode, grad mode,
+    precision and layout of every later step and training never recompiles; everything the step
+    changed (weights, moments, random streams, data position, step) is restored from a snapshot.
+    If compiling fails, the run trains eagerly with a warning.
+    """
+    if not state.compiled:
+        return
+    before = state.snapshot()
+    try:
+        train_step(state)
+    except Exception as error:  # noqa: BLE001 - any compiler failure means "train eagerly"
+        log.warning("torch.compile failed on the first step (%s); training without compiling",
+                    str(error).splitlines()[0][:200] if str(error) else type(error).__name__)
+        state.G, state.D = state.generator, state.discriminator
+    finally:
+        state.load_state_dict(before, "the state before the compile warm-up")
+
+
 def _split_d_updates(state: TrainState, real: torch.Tensor, labels: torch.Tensor | None, progress: float,
                      stats: dict[str, torch.Tensor], record: bool, histograms: bool) -> tuple[Batch, dict[str, torch.Tensor]]:
     """The Keras tutorial's D training: one update on half the batch of reals, then one on as many fresh fakes.
@@ -296,6 +317,7 @@ def _train(config: Config, run_dir: Path, resume: bool, on_progress, stop, dist,
     if saved:
         state.load_state_dict(*saved)
         log.info("resuming %s from step %d (%s)", run_dir, state.step, saved[1])
+    warm_up_compiled(state)
     dist.barrier()  # every rank has looked before rank 0 writes
 
     shown = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.train.seed))[:config.train.num_samples]
