@@ -31,7 +31,8 @@ def ema_decay(decay: float, step: int, start: int = 0, rampup: float = 0.0) -> f
 @torch.no_grad()
 def update_ema(ema: nn.Module, generator: nn.Module, decay: float) -> None:
     """Move ema's weights towards generator's: w_ema = decay * w_ema + (1 - decay) * w; buffers are copied."""
-    for averaged, current in zip(ema.parameters(), generator.parameters()):
-        averaged.lerp_(current, 1.0 - decay)
-    for averaged, current in zip(ema.buffers(), generator.buffers()):
-        averaged.copy_(current)  # BatchNorm statistics are not averaged, only followed
+    # One multi-tensor kernel per list, not one launch per tensor (dozens of tiny kernels per step on a GPU).
+    torch._foreach_lerp_(list(ema.parameters()), list(generator.parameters()), 1.0 - decay)
+    buffers = list(ema.buffers())
+    if buffers:  # BatchNorm statistics are followed, not averaged
+        torch._foreach_copy_(buffers, list(generator.buffers()))

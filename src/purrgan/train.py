@@ -16,7 +16,7 @@ import torch
 from . import checkpoint
 from .config import Config, to_toml
 from .data import ImageSet, load_images, split_validation, to_float
-from .device import cpu_has_native_bf16, describe_device, resolve_device
+from .device import cpu_has_native_bf16, describe_device, resolve_device, tune_backends
 from .dist import setup as setup_distributed
 from .dist import teardown as teardown_distributed
 from .dist import weights_checksum
@@ -307,6 +307,7 @@ def _train(config: Config, run_dir: Path, resume: bool, on_progress, stop, dist,
     config = settle_precision(config, data, device, dist, _saved_setting(saved, "train", "amp"))
 
     state = TrainState.create(config, data, device, dist)
+    tune_backends(device, state.precision, config.train.deterministic)
     if dist.is_main:
         log.info("%s, on %s%s, into %s", describe(config, data, state.total_steps), device,
                  " in bf16" if state.precision == torch.bfloat16 else "", run_dir)
