@@ -110,3 +110,49 @@ def test_python_api_in_three_lines(trained_run, conditional_run):
     assert generator.classes == [] and load_generator(conditional_run).classes == ["1", "7"]
     sevens = load_generator(conditional_run).sample(4, seed=0, class_name="7")
     assert sevens.shape == (4, 1, 32, 32)
+
+
+def test_sampling_streams_chunks_so_any_number_of_images_fits_in_memory(trained_run, monkeypatch):
+    from purrgan import generate
+
+    generator = load_generator(trained_run)
+    # Ten million images would be 40 GB on the host at once; streamed, the first chunk comes at once.
+    first = next(generator.batches(10_000_000, seed=0, batch_size=8))
+    assert first.shape == (8, 1, 32, 32) and first.device == generator.device
+    whole = generator.sample(50, seed=4)
+    for batch_size in (7, 50, 1024):  # the same seed draws the same images however they are chunked
+        chunks = list(generator.batches(50, seed=4, batch_size=batch_size))
+        assert max(len(c) for c in chunks) == min(batch_size, 50)
+        torch.testing.assert_close(torch.cat(chunks), whole)  # convolutions round differently per batch size
+    monkeypatch.setattr(generate, "LATENT_BLOCK", 16)  # latents drawn block by block: still one stream per seed
+    blocked = generator.sample(50, seed=4, batch_size=10)
+    torch.testing.assert_close(generator.sample(50, seed=4, batch_size=3), blocked)
+
+
+def test_samples_are_drawn_in_the_runs_precision(monkeypatch):
+    from purrgan import generate, device
+
+    bf16 = tiny_config(train__amp="bf16")
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    assert generate.sampling_precision(bf16, torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)  # emulated bf16 would only be slower
+    assert generate.sampling_precision(bf16, torch.device("cpu")) is None
+    assert generate.sampling_precision(tiny_config(train__amp="off"), torch.device("cpu")) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert generate.sampling_precision(tiny_config(train__amp="auto"), torch.device("cuda")) == torch.bfloat16
+
+
+def test_sample_streams_single_files_and_caps_the_grid(trained_run, tmp_path, monkeypatch, capsys):
+    from purrgan import cli
+
+    monkeypatch.setattr(cli, "GRID_MOST", 10)
+    assert main(["sample", str(trained_run), "--num", "12", "--out", str(tmp_path / "grid.png")]) == 2
+    assert "add --separate DIR" in capsys.readouterr().err and not (tmp_path / "grid.png").exists()
+    assert main(["sample", str(trained_run), "--num", "12", "--seed", "1", "--out", str(tmp_path / "grid.png"),
+                 "--separate", str(tmp_path / "single"), "--nrow", "5"]) == 0
+    assert len(list((tmp_path / "single").glob("*.png"))) == 12
+    with Image.open(tmp_path / "grid.png") as grid:  # 10 images in rows of 5: 2 rows of 34-pixel cells
+        assert grid.size == (5 * 34 + 2, 2 * 34 + 2)
+    first = np.asarray(Image.open(tmp_path / "single" / "00000.png"))
+    expected = np.asarray(to_pil(load_generator(trained_run).sample(12, seed=1))[0])
+    np.testing.assert_array_equal(first, expected)

@@ -174,3 +174,23 @@ def test_missing_weights_offline_and_a_planted_pickle(tmp_path, monkeypatch, cap
         from purrgan.metrics.features import inception_weights
         inception_weights(str(evil))
     assert not (tmp_path / "pwned").exists()
+
+
+def test_streamed_feature_statistics_equal_torch_fidelitys_over_all_images():
+    import numpy as np
+
+    from purrgan.metrics.features import FeatureStats
+    from purrgan.metrics.fid import gaussian_statistics
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(3000, 24, generator=generator, dtype=torch.float64) * 3 + 50  # far from 0: no cancellation
+    stats = FeatureStats(keep=1000)
+    for chunk in features.split(128):  # as batches arrive
+        stats.add({"features": chunk, "logits": chunk[:, :5]})
+    result = stats.result()
+    mu, sigma = gaussian_statistics(features.numpy())
+    np.testing.assert_allclose(result["mu"], mu, rtol=1e-12)
+    np.testing.assert_allclose(result["sigma"], sigma, rtol=1e-9, atol=1e-9)
+    assert int(result["count"]) == 3000
+    np.testing.assert_array_equal(result["features"], features[:1000].numpy())  # the first rows, for KID and P/R
+    np.testing.assert_array_equal(result["logits"], features[:1000, :5].numpy())

@@ -263,6 +263,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    import torch
+
     from .device import resolve_device
     from .generate import load_generator, to_pil
     from .monitor import save_grid, save_image
@@ -277,18 +279,30 @@ def _sample(args: argparse.Namespace) -> int:
         raise PurrganError(f"--out {args.out} is a folder; give a file name ending in .png")
     if args.separate and Path(args.separate).exists() and not Path(args.separate).is_dir():
         raise PurrganError(f"--separate {args.separate} is a file; give a folder for the single images")
+    if args.num > GRID_MOST and not args.separate:
+        raise PurrganError(f"--num {args.num:,} is more than a grid can show ({GRID_MOST:,}); add --separate DIR to write "
+                           f"them as single PNG files (the grid then shows the first {GRID_MOST:,})")
     seed = args.seed if args.seed is not None else int(torch_seed())
     generator = load_generator(args.run, device=resolve_device(args.device))
-    images = generator.sample(args.num, seed=seed, class_name=args.class_name, truncation=args.truncation)
+    shown, written = [], 0  # images stream from the device, chunk by chunk: the host never holds them all
+    digits = max(5, len(str(args.num - 1)))
+    for chunk in generator.batches(args.num, seed=seed, class_name=args.class_name, truncation=args.truncation):
+        if written < GRID_MOST:
+            shown.append(chunk[:GRID_MOST - written].cpu())
+        if args.separate:
+            for index, image in enumerate(to_pil(chunk), start=written):
+                save_image(image, Path(args.separate) / f"{index:0{digits}d}.png")
+        written += len(chunk)
     nrow = args.nrow or (len(generator.classes) if generator.classes and args.class_name is None else None)
-    grid = save_grid(images, Path(args.out), nrow=nrow)  # a conditional grid shows one class per column
-    log.info("wrote a grid of %d images to %s (seed %d: --seed %d draws them again)", args.num, grid, seed, seed)
+    grid = save_grid(torch.cat(shown), Path(args.out), nrow=nrow)  # a conditional grid shows one class per column
+    what = f"the first {GRID_MOST:,} of {args.num:,} images" if args.num > GRID_MOST else f"{args.num} images"
+    log.info("wrote a grid of %s to %s (seed %d: --seed %d draws them again)", what, grid, seed, seed)
     if args.separate:
-        folder = Path(args.separate)
-        for index, image in enumerate(to_pil(images)):
-            save_image(image, folder / f"{index:05d}.png")
-        log.info("wrote %d PNG files to %s", args.num, folder)
+        log.info("wrote %d PNG files to %s", args.num, args.separate)
     return 0
+
+
+GRID_MOST = 10_000  # the most images one grid shows (about 6,800 x 6,800 pixels at 64x64)
 
 
 def torch_seed() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from PIL import Image
@@ -13,6 +14,7 @@ from torch import nn
 from . import checkpoint
 from .config import from_dict
 from .data import to_uint8
+from .device import autocast
 from .errors import PurrganError
 from .models import build_generator
 
@@ -36,42 +38,76 @@ class TrainedGenerator(nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.network(z, labels)
 
-    def labels_for(self, n: int, class_name: str | None = None) -> torch.Tensor | None:
-        """Return n labels: all of class_name, or the classes in turn; None for an unconditional model."""
+    def labels_for(self, n: int, class_name: str | None = None, first: int = 0) -> torch.Tensor | None:
+        """Return n labels: all of class_name, or the classes in turn (image `first` onwards); None when unconditional."""
         if not self.classes:
             if class_name is not None:
                 raise PurrganError("this generator is not class-conditional; leave out --class")
             return None
         if class_name is None:
-            return torch.arange(n) % len(self.classes)
+            return torch.arange(first, first + n) % len(self.classes)
         if class_name not in self.classes:
             raise PurrganError(f"unknown class '{class_name}'; this generator knows: {', '.join(self.classes)}")
         return torch.full((n,), self.classes.index(class_name), dtype=torch.long)
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int | None = None, class_name: str | None = None,
-               truncation: float | None = None, batch_size: int = 1024) -> torch.Tensor:
-        """Return n images (n, C, H, W) in [-1, 1]; the same seed always gives the same images.
+    def batches(self, n: int, seed: int | None = None, class_name: str | None = None, truncation: float | None = None,
+                batch_size: int = 1024) -> Iterator[torch.Tensor]:
+        """Yield n images in [-1, 1] as chunks (at most batch_size, N, C, H, W) on the generator's device.
 
-        truncation t redraws every latent coordinate outside [-t, t] (the truncation trick: less variety,
-        higher fidelity); class_name picks one class of a conditional model (default: all classes in turn).
+        Nothing is gathered on the host, so any n fits in memory: each chunk goes where it is needed (files,
+        a feature extractor) before the next is made. The network runs in the run's precision
+        (sampling_precision); the same seed always gives the same images, whatever batch_size.
         """
+        if n < 0 or n > 10_000_000:
+            raise PurrganError(f"cannot draw {n} images; ask for between 0 and 10,000,000")
         generator = torch.Generator(device="cpu")
         if seed is None:
             generator.seed()
         else:
             generator.manual_seed(seed)
-        if n < 0 or n > 10_000_000:
-            raise PurrganError(f"cannot draw {n} images; ask for between 0 and 10,000,000")
-        z = torch.randn(n, self.z_dim, generator=generator)  # drawn on the CPU so a seed means the same on any device
-        if truncation is not None:
-            z = truncate(z, truncation, generator)
-        labels = self.labels_for(n, class_name)
-        chunks = []
-        for start in range(0, n, batch_size):
-            chunk_labels = labels[start:start + batch_size].to(self.device) if labels is not None else None
-            chunks.append(self.network(z[start:start + batch_size].to(self.device), chunk_labels).float().cpu())
+        labels = self.labels_for(0, class_name)  # checks class_name before any work
+        precision = sampling_precision(self.config, self.device)
+        for block_start in range(0, n, LATENT_BLOCK):
+            # Latents are drawn on the CPU, so a seed means the same on any device, in blocks of a fixed size, so
+            # that memory stays bounded and the images do not depend on batch_size.
+            z = torch.randn(min(LATENT_BLOCK, n - block_start), self.z_dim, generator=generator)
+            if truncation is not None:
+                z = truncate(z, truncation, generator)
+            for start in range(0, len(z), batch_size):
+                chunk = z[start:start + batch_size]
+                first = block_start + start
+                labels = self.labels_for(len(chunk), class_name, first)
+                with autocast(self.device, precision):
+                    images = self.network(chunk.to(self.device), labels.to(self.device) if labels is not None else None)
+                yield images.float()
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int | None = None, class_name: str | None = None,
+               truncation: float | None = None, batch_size: int = 1024) -> torch.Tensor:
+        """Return n images (n, C, H, W) in [-1, 1] on the CPU; the same seed always gives the same images.
+
+        truncation t redraws every latent coordinate outside [-t, t] (the truncation trick: less variety,
+        higher fidelity); class_name picks one class of a conditional model (default: all classes in turn).
+        For many images, iterate over batches() instead: this gathers them all in memory.
+        """
+        chunks = [chunk.cpu() for chunk in self.batches(n, seed, class_name, truncation, batch_size)]
         return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+LATENT_BLOCK = 65_536  # latents drawn per call to randn (26 MB at z_dim 100): one block up to 65,536 images, as 0.2 drew them
+
+
+def sampling_precision(config, device: torch.device) -> torch.dtype | None:
+    """Return the autocast dtype to sample in: the run's own on CUDA; on a CPU, bf16 only for a bf16 run where bf16 is native."""
+    from .device import amp_dtype, cpu_has_native_bf16
+
+    if config is None:
+        return None
+    precision = amp_dtype(config.train.amp, device)
+    if device.type == "cpu" and precision is not None and not cpu_has_native_bf16():
+        return None  # emulated bf16 is slower than float32 on this CPU, and no more faithful
+    return precision
 
 
 def truncate(z: torch.Tensor, t: float, generator: torch.Generator) -> torch.Tensor:

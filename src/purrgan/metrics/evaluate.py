@@ -21,9 +21,11 @@ log = logging.getLogger(__name__)
 REAL_FEATURES_KEPT = 10_000  # real features kept in the cache for KID and precision/recall
 
 
-def _batches(images: torch.Tensor, size: int = 250):
-    for start in range(0, len(images), size):
-        yield images[start:start + size]
+def _batches(images: torch.Tensor, index: torch.Tensor | None = None, size: int = 250):
+    """Yield uint8 batches of images (those at index, in its order): gathered one batch at a time."""
+    count = len(images) if index is None else len(index)
+    for start in range(0, count, size):
+        yield images[start:start + size] if index is None else images[index[start:start + size]]
 
 
 def reference_statistics(config, split: str, extractor: FeatureExtractor, max_images: int = 50_000) -> dict[str, np.ndarray]:
@@ -50,29 +52,19 @@ def reference_statistics(config, split: str, extractor: FeatureExtractor, max_im
     chosen = {"train": train_part, "val": val_part, "all": data}[split]
     if chosen is None:
         raise PurrganError("--split val needs a held-out part: train with --set data.val_fraction=0.1 (for example)")
-    images = chosen.images[torch.randperm(len(chosen), generator=torch.Generator().manual_seed(0))[:max_images]]
-    log.info("computing reference statistics of %d real images (once; cached in %s)", len(images), path.parent)
-    features = extract(extractor, _batches(images))
-    stats = _statistics(features)
+    index = torch.randperm(len(chosen), generator=torch.Generator().manual_seed(0))[:max_images]
+    log.info("computing reference statistics of %d real images (once; cached in %s)", len(index), path.parent)
+    features = extract(extractor, _batches(chosen.images, index), keep=REAL_FEATURES_KEPT)
+    stats = {"mu": features["mu"], "sigma": features["sigma"], "features": np.ascontiguousarray(features["features"])}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(stats, str(path), metadata={"key": key})
     return stats
 
 
-def _statistics(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from .fid import gaussian_statistics
-
-    mu, sigma = gaussian_statistics(features["features"])
-    return {"mu": mu, "sigma": sigma, "features": np.ascontiguousarray(features["features"][:REAL_FEATURES_KEPT])}
-
-
 def generated_features(generator, num: int, extractor: FeatureExtractor, seed: int = 0, batch_size: int = 250) -> dict:
-    """Return features of num samples of generator (classes in turn for a conditional one)."""
-    def batches():
-        for start in range(0, num, batch_size):
-            count = min(batch_size, num - start)
-            yield to_uint8(generator.sample(count, seed=seed + start))
-    return extract(extractor, batches())
+    """Return the FeatureStats of num samples of generator (classes in turn for a conditional one), streamed:
+    each batch goes from the generator to the extractor on the device, and only statistics are kept."""
+    return extract(extractor, (to_uint8(images) for images in generator.batches(num, seed=seed, batch_size=batch_size)))
 
 
 def compute(names: list[str], real: dict, fake: dict) -> dict[str, float]:
@@ -132,8 +124,7 @@ def evaluate_paths(real: str, fake: str, names: list[str], extractor: FeatureExt
     if fewest < COMPARABLE:
         log.warning("only %d images on one side: below %d the numbers are biased upwards and not comparable with "
                     "published ones (use them to compare runs measured alike)", fewest, COMPARABLE)
-    real_features = extract(extractor, _batches(real_images))
-    return compute(names, {**_statistics(real_features), **real_features}, extract(extractor, _batches(fake_images)))
+    return compute(names, extract(extractor, _batches(real_images)), extract(extractor, _batches(fake_images)))
 
 
 def check_extractor(names: list[str], extractor: FeatureExtractor) -> None:

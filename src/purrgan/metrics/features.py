@@ -116,14 +116,55 @@ def load_extractor(spec: str = "inception", weights: str | None = None, device: 
     return extractor
 
 
-def extract(extractor: FeatureExtractor, batches: Iterable[torch.Tensor]) -> dict[str, np.ndarray]:
-    """Return the extractor's outputs for uint8 batches (N, C, H, W), concatenated, as float64 arrays."""
-    parts: dict[str, list[np.ndarray]] = {}
+KEPT = 50_000  # rows of every output kept for KID, IS and precision/recall (the papers' 50k); FID sees every image
+
+
+class FeatureStats:
+    """What the metrics need of an extractor's outputs over a stream of batches, in memory that does not grow with it.
+
+    "features" is summarised exactly, over every image, by its mean and covariance (float64 sums
+    around the first batch's mean, which keeps the sums small: no cancellation after millions of
+    images); the first `keep` rows of every output are kept as they came, for the metrics that need
+    samples (KID, IS, precision/recall).
+    """
+
+    def __init__(self, keep: int = KEPT):
+        self.keep, self.count = keep, 0
+        self.shift = self.total = self.outer = None
+        self.kept: dict[str, list[np.ndarray]] = {}
+
+    def add(self, outputs: dict[str, torch.Tensor]) -> None:
+        features = outputs["features"].detach().to(torch.float64)  # (N, D)
+        if self.shift is None:
+            self.shift = features.mean(dim=0)
+            self.total = torch.zeros_like(self.shift)
+            self.outer = torch.zeros(len(self.shift), len(self.shift), dtype=torch.float64, device=features.device)
+        centred = features - self.shift
+        self.total += centred.sum(dim=0)
+        self.outer += centred.T @ centred
+        room = self.keep - min(self.count, self.keep)
+        self.count += len(features)
+        if room > 0:
+            for key, value in outputs.items():
+                self.kept.setdefault(key, []).append(value[:room].detach().cpu().numpy())
+
+    def result(self) -> dict[str, np.ndarray]:
+        """Return {"mu", "sigma" (unbiased, as np.cov), "count", and the kept rows of each output}."""
+        if self.count == 0:
+            raise PurrganError("no images to compute features of")
+        mean = self.total / self.count
+        sigma = (self.outer - self.count * torch.outer(mean, mean)) / max(self.count - 1, 1)
+        if self.count < 2:
+            sigma = torch.full_like(sigma, float("nan"))  # a covariance needs two images (the FID then says so)
+        return {"mu": (self.shift + mean).cpu().numpy(), "sigma": sigma.cpu().numpy(), "count": np.array(self.count),
+                **{key: np.concatenate(parts) for key, parts in self.kept.items()}}
+
+
+def extract(extractor: FeatureExtractor, batches: Iterable[torch.Tensor], keep: int = KEPT) -> dict[str, np.ndarray]:
+    """Return the FeatureStats result of the extractor's outputs for uint8 batches (N, C, H, W), one batch at a time."""
+    stats = FeatureStats(keep)
     for batch in batches:
         if batch.shape[1] == 1:
             batch = batch.expand(-1, 3, -1, -1)  # Inception expects RGB
-        for key, value in extractor(batch).items():
-            parts.setdefault(key, []).append(value.detach().double().cpu().numpy())
-    if not parts:
-        raise PurrganError("no images to compute features of")
-    return {key: np.concatenate(values) for key, values in parts.items()}
+        stats.add(extractor(batch))
+    return stats.result()

@@ -27,6 +27,6 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def fid(real: dict, fake: dict) -> dict[str, float]:
-    """Return {"fid": ...} from real statistics (mu, sigma) and fake features."""
-    mu, sigma = gaussian_statistics(fake["features"])
+    """Return {"fid": ...} from real statistics (mu, sigma) and fake statistics (or features)."""
+    mu, sigma = (fake["mu"], fake["sigma"]) if "mu" in fake else gaussian_statistics(fake["features"])
     return {"fid": frechet_distance(real["mu"], real["sigma"], mu, sigma)}
