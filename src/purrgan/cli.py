@@ -108,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
         if action == "prepare":
             sub.add_argument("--out", metavar="FILE", help="where to write the prepared .safetensors (default: the cache)")
             sub.add_argument("--force", action="store_true", help="prepare again even when an up-to-date file exists")
+            sub.add_argument("--workers", type=int, metavar="N",
+                             help="decoding processes (default: every core for more than 2,000 files)")
         if action == "show":
             sub.add_argument("--num", type=int, default=64, help="number of images (default 64)")
             sub.add_argument("--out", default="real.png", help="grid PNG to write (default real.png)")
@@ -248,7 +250,7 @@ def _train(args: argparse.Namespace) -> int:
     for sig in previous:
         signal.signal(sig, request_stop)
     try:
-        result = train(config, out, resume=args.resume, on_progress=progress, stop=stop)
+        result = train(config, out, resume=args.resume, on_progress=progress, stop=stop, on_phase=_phase_bars(args.quiet))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -384,7 +386,27 @@ def _presets() -> int:
     return 0
 
 
+def _phase_bars(quiet: bool = False):
+    """Return on_phase(what, done, total): a progress bar (files/s and time left) per long phase, gone when it ends."""
+    bars = {}
+
+    def update(what: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if quiet or _rank() != 0:
+            return
+        if what not in bars:
+            if done >= total:
+                return  # nothing to wait for: an up-to-date cache, say
+            bars[what] = tqdm(total=total, initial=done, desc=what, unit="file", dynamic_ncols=True, leave=False)
+        bars[what].update(done - bars[what].n)
+        if done >= total:
+            bars.pop(what).close()
+    return update
+
+
 def _data(args: argparse.Namespace) -> int:
+    phase = _phase_bars()
     from .data import load_images
     from .data.download import cache_dir
     from .data.sources import SOURCES, native_shape, parse_source, verify_download
@@ -404,13 +426,16 @@ def _data(args: argparse.Namespace) -> int:
     if args.data_command == "prepare":
         from .data.prepare import prepare
 
-        path = prepare(spec, size, channels, Path(args.out) if args.out else None, force=args.force)
+        if args.workers is not None and not 1 <= args.workers <= 1024:
+            raise PurrganError("--workers must be between 1 and 1024")
+        path = prepare(spec, size, channels, Path(args.out) if args.out else None, force=args.force, workers=args.workers,
+                       progress=lambda done, total: phase("preparing", done, total))
         log.info("prepared file: %s", path)
         return 0
-    data = load_images(args.source, size, channels)
+    data = load_images(args.source, size, channels, progress=lambda done, total: phase("preparing", done, total))
     if args.data_command == "info":
         print(f"source:   {data.name}")
-        print(f"images:   {len(data)} of {channels}x{size}x{size} ({data.images.numel() / 1e6:.1f} MB as uint8)")
+        print(f"images:   {len(data)} of {channels}x{size}x{size} ({len(data) * channels * size * size / 1e6:.1f} MB as uint8)")
         if data.skipped:
             print(f"skipped:  {data.skipped} unreadable files")
         if data.duplicates:
@@ -433,7 +458,7 @@ def _data(args: argparse.Namespace) -> int:
     if args.num <= 0:
         raise PurrganError("--num must be positive")
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:args.num]
-    save_grid(to_float(data.images[order]), Path(args.out))
+    save_grid(to_float(data.batch(order)), Path(args.out))
     log.info("wrote a grid of %d real images of %s to %s", len(order), data.name, args.out)
     return 0
 

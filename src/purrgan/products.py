@@ -39,7 +39,7 @@ def finish_run(run_dir: Path, config: Config, sampler: nn.Module, class_names: l
                 torch.cat([trained.sample(8, seed=0, class_name=name) for name in classes]),
                 run_dir / "samples" / "classes.png", nrow=8))
         if data is not None:
-            _make("the memorisation check", lambda: check_memorisation(trained, data.images, run_dir))
+            _make("the memorisation check", lambda: check_memorisation(trained, data, run_dir))
     finally:
         sampler.train(was_training)
     _make("report.html", lambda: write_report(run_dir))
@@ -58,14 +58,15 @@ def _make(what: str, action) -> None:
                     getattr(error, "strerror", None) or error)
 
 
-def check_memorisation(generator: TrainedGenerator, training: torch.Tensor, run_dir: Path, samples: int = 256,
+def check_memorisation(generator: TrainedGenerator, data, run_dir: Path, samples: int = 256,
                        most: int = 50_000) -> dict:
     """Write memorisation.json and samples/nearest.png (8 samples, each beside its 3 nearest training images)."""
     from .checkpoint import write_atomic
     from .memorisation import memorisation, nearest_grid
 
-    if len(training) > most:  # a fixed random part of a large set (stated in the result)
-        training = training[torch.randperm(len(training), generator=torch.Generator().manual_seed(0))[:most]]
+    # At most a fixed random part of a large set (stated in the result), gathered once: 50k images at 64x64 is 600 MB.
+    chosen = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:most] if len(data) > most else None
+    training = data.batch(chosen) if chosen is not None else data.images
     fake = generator.sample(samples, seed=0)
     result = memorisation(fake, training)
     save_grid(nearest_grid(fake[:8], training, k=3), run_dir / "samples" / "nearest.png", nrow=4)

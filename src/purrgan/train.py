@@ -31,6 +31,7 @@ from .state import TrainState, check_config
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int, "dict[str, float] | None", bool], None]  # (step, total, latest row, finished)
+PhaseCallback = Callable[[str, int, int], None]  # (what, done, total) of a long phase before training, e.g. "preparing data"
 
 
 @dataclass
@@ -281,10 +282,11 @@ def _saved_setting(saved: tuple[dict, Path] | None, section: str, key: str):
 
 
 def train(config: Config, run_dir: Path, resume: bool = False, on_progress: ProgressCallback | None = None,
-          stop: threading.Event | None = None) -> RunResult:
+          stop: threading.Event | None = None, on_phase: PhaseCallback | None = None) -> RunResult:
     """Train config's GAN into run_dir (continuing its last checkpoint when resume) and return where things are.
 
     Setting stop (e.g. from a signal handler) ends the run after the current step, with a checkpoint.
+    on_phase(what, done, total) follows the long phases before the first step (preparing the data).
     Everything that can fail is checked before anything is written; the run folder is locked while
     training (RunFolder), and a folder holding an earlier run is refused without resume.
     """
@@ -293,15 +295,17 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     dist, device_name = setup_distributed(config.train.device)  # one process, or one rank of torchrun's several
     device = resolve_device(device_name)
     with RunFolder(run_dir, resume, config.data.source) if dist.is_main else contextlib.nullcontext():
-        return _train(config, run_dir, resume, on_progress, stop, dist, device)
+        return _train(config, run_dir, resume, on_progress, stop, dist, device, on_phase)
 
 
-def _train(config: Config, run_dir: Path, resume: bool, on_progress, stop, dist, device: torch.device) -> RunResult:
+def _train(config: Config, run_dir: Path, resume: bool, on_progress, stop, dist, device: torch.device,
+           on_phase: PhaseCallback | None = None) -> RunResult:
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     config = fit_to_prepared_file(config)
+    preparing = (lambda done, total: on_phase("preparing the data", done, total)) if on_phase else None
     data, _ = split_validation(load_images(config.data.source, config.data.resolution, config.data.channels,
-                                           config.data.classes), config.data.val_fraction)
+                                           config.data.classes, progress=preparing), config.data.val_fraction)
     config = prepare_config(config, data)
     saved = checkpoint.load_latest(run_dir) if resume else None
     config = settle_precision(config, data, device, dist, _saved_setting(saved, "train", "amp"))
@@ -322,7 +326,7 @@ def _train(config: Config, run_dir: Path, resume: bool, on_progress, stop, dist,
     dist.barrier()  # every rank has looked before rank 0 writes
 
     shown = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.train.seed))[:config.train.num_samples]
-    monitor = (RunMonitor(run_dir, config, state.total_steps, state.step, to_float(data.images[shown]),
+    monitor = (RunMonitor(run_dir, config, state.total_steps, state.step, to_float(data.batch(shown)),
                           run_summary(config, data, state)) if dist.is_main else NullMonitor())
     # ^ starts the loggers: a failure here leaves nothing behind
     if dist.is_main:

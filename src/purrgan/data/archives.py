@@ -86,7 +86,12 @@ def walk_images(root: Path) -> tuple[list[str], list[str]]:
 
 
 class ImageFiles:
-    """The image files of a folder or archive: names (sorted, relative, '/'-separated) and their bytes on demand.
+    """The image files of a folder or archive: names (relative, '/'-separated) and their bytes on demand.
+
+    Folders and zips are read in sorted name order, by random access. A tar(.gz) is read as a stream,
+    in the order its members were written, so that an archive larger than memory is never held in it
+    (random access into a .tar.gz would decompress from the start every time): listing it is one
+    pass that keeps only the names, and pairs() is another.
 
     `problems` counts what could not even be listed or named (unreadable folders, bad names, oversized
     or unreadable members); read() raises PurrganError for a file that cannot be read.
@@ -94,19 +99,23 @@ class ImageFiles:
 
     def __init__(self, path: Path):
         self.path, self.problems, self.first_problem = path, 0, ""
-        self._members: dict[str, bytes | Exception] | None = None
+        self.streamed = False  # a tar archive: names in archive order, bytes only through pairs()
         self._zip: zipfile.ZipFile | None = None
         self._zip_names: dict[str, str] = {}
+        self._tar_names: dict[str, str] = {}  # clean name -> member name
         try:
             if path.is_dir():
                 self.names = self._walk()
             elif path.name.lower().endswith(".zip"):
                 self.names = self._list_zip()
             else:
-                self._members = self._read_tar()
-                self.names = sorted(self._members)
+                self.streamed = True
+                self.names = self._list_tar()
         except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as error:
-            raise PurrganError(f"archive {path} is truncated or corrupt ({error}); delete it and download or copy it again") from None
+            raise self._corrupt(error) from None
+
+    def _corrupt(self, error: Exception) -> PurrganError:
+        return PurrganError(f"archive {self.path} is truncated or corrupt ({error}); delete it and download or copy it again")
 
     def _problem(self, what: str) -> None:
         self.problems += 1
@@ -139,27 +148,22 @@ class ImageFiles:
                 self._zip_names[name] = info.filename
         return sorted(self._zip_names)
 
-    def _read_tar(self) -> dict[str, bytes | Exception]:
-        # One sequential pass: random access into a .tar.gz decompresses from the start every time.
-        found: dict[str, bytes | Exception] = {}
+    def _list_tar(self) -> list[str]:
+        # One sequential pass that reads headers and skips the data.
         with tarfile.open(self.path, "r|*") as archive:
             for member in archive:
-                if not member.isfile() or not is_image_name(member.name):
-                    continue
-                name = self._admit(member.name, member.size)
-                if name is not None:
-                    handle = archive.extractfile(member)
-                    found[name] = handle.read(MAX_FILE_BYTES + 1) if handle is not None else OSError("not a regular file")
-        return found
+                if member.isfile() and is_image_name(member.name):
+                    name = self._admit(member.name, member.size)
+                    if name is not None and name not in self._tar_names:
+                        self._tar_names[name] = member.name
+        return list(self._tar_names)
 
     def read(self, name: str) -> bytes:
-        """Return the bytes of one file; PurrganError when it cannot be read."""
+        """Return the bytes of one file (not of a streamed tar: use pairs()); PurrganError when it cannot be read."""
         try:
-            if self._members is not None:
-                blob = self._members[name]
-                if isinstance(blob, Exception):
-                    raise blob
-            elif self._zip is not None:
+            if self.streamed:
+                raise OSError("a tar archive is read in one pass (pairs())")
+            if self._zip is not None:
                 with self._zip.open(self._zip_names[name]) as handle:
                     blob = handle.read(MAX_FILE_BYTES + 1)
             else:
@@ -174,16 +178,44 @@ class ImageFiles:
             raise PurrganError(f"{name}: larger than {MAX_FILE_BYTES // 2 ** 20} MB, too large for an image")
         return blob
 
-    def pairs(self, names: list[str] | None = None):
-        """Yield (name, bytes or PurrganError) for names (default: all), in order."""
+    def pairs(self, names: list[str] | None = None, skip: int = 0):
+        """Yield (name, bytes or PurrganError) for names (default: all), in their order, leaving out the first skip.
+
+        A streamed tar yields its members in archive order (the order of `names` as listed) and stops
+        once every name asked for has been read.
+        """
+        wanted = self.names if names is None else names
         try:
-            for name in self.names if names is None else names:
+            if self.streamed:
+                yield from self._tar_pairs(wanted[skip:])
+                return
+            for name in wanted[skip:]:
                 try:
                     yield name, self.read(name)
                 except PurrganError as error:
                     yield name, error
         finally:
             self.close()
+
+    def _tar_pairs(self, names: list[str]):
+        members = {self._tar_names[n]: n for n in names}
+        try:
+            with tarfile.open(self.path, "r|*") as archive:
+                for member in archive:
+                    name = members.pop(member.name, None)
+                    if name is None:
+                        continue
+                    try:
+                        handle = archive.extractfile(member)
+                        if handle is None:
+                            raise OSError("not a regular file")
+                        yield name, handle.read(MAX_FILE_BYTES + 1)
+                    except OSError as error:
+                        yield name, PurrganError(f"{name}: cannot be read ({type(error).__name__}: {error})")
+                    if not members:
+                        return
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+            raise self._corrupt(error) from None
 
     def close(self) -> None:
         if self._zip is not None:

@@ -19,7 +19,7 @@ import pickle
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from PIL import Image
 from ..errors import PurrganError
 from .archives import ImageFiles, is_archive, read_members
 from .download import DownloadError, cache_dir, check_archive, download, download_from_google_drive, verify
-from .images import decode_image, is_grayscale_mode
+from .images import is_grayscale_mode
 
 SPLITS = ("train", "test", "all")
 SPLIT_FOLDERS = ("train", "test")
@@ -153,7 +153,8 @@ def native_shape(spec: SourceSpec) -> tuple[int, int, str]:
     except PurrganError:
         return 64, 3, "the default size"  # loading the data says what is wrong with it
     sizes, gray = Counter(), True
-    for name, blob in files.pairs(names[:: max(1, len(names) // 500)]):  # a sample of up to ~500 headers
+    # Up to ~500 headers, spread over the set; the first ones of a tar, which is read as a stream.
+    for name, blob in files.pairs(names[:500] if files.streamed else names[:: max(1, len(names) // 500)]):
         if isinstance(blob, Exception):
             continue
         try:
@@ -239,52 +240,93 @@ def fit_array(images: np.ndarray, resolution: int, channels: int, pad_to: int | 
     return np.ascontiguousarray(x.numpy())
 
 
-def decode_files(files: ImageFiles | Iterable[tuple[str, bytes]], resolution: int, channels: int,
-                 crop: float | None = None, origin: str = "", split: str | None = None) -> Decoded:
-    """Return every decodable image of a folder or archive (or of (name, bytes) pairs) at one size.
+@dataclass
+class FileSource:
+    """The image files a source is made of, in the order they are read, with their labels: what decoding streams over."""
+    names: list[str]  # every file to read, in reading order
+    reader: Callable[[int], Iterator[tuple[str, bytes | Exception]]]  # reader(skip): (name, bytes) from the skip-th on
+    origin: str  # what to call the source in messages
+    labels: dict[str, int] | None = None  # file name -> class index, when the files sit in class folders
+    class_names: list[str] = field(default_factory=list)
+    crop: float | None = None  # CelebA's centred box, as a fraction of the width
+    problems: int = 0  # files that could not even be listed (counted as unreadable)
+    first_problem: str = ""
 
-    Labels come from sub-folders; with top-level train/ and test/ folders, split picks the images
-    (train by default). Exact duplicates are dropped and unreadable files skipped, each counted.
+
+def file_source(spec: SourceSpec) -> FileSource | None:
+    """Return the image files of a folder, an archive or a named set made of image archives (None for the others)."""
+    if spec.path is not None:
+        if spec.path.is_file() and not is_archive(spec.path):
+            raise PurrganError(f"data path {spec.path} is a file but not a .zip or .tar(.gz) archive; give a folder or an archive")
+        files = ImageFiles(spec.path)
+        names = Layout(files.names).select(spec.options.get("split", "train"), str(spec.path))
+        labels, class_names = labels_from_names(names)
+        by_name = dict(zip(names, labels.tolist())) if labels is not None else None
+        return FileSource(names, lambda skip: files.pairs(names, skip), str(spec.path), by_name, class_names,
+                          problems=files.problems, first_problem=files.first_problem)
+    if SOURCES[spec.name].read is not read_image_archives:
+        return None
+    options = {**DEFAULT_OPTIONS.get(spec.name, {}), **spec.options}
+    archives = [ImageFiles(path) for path in local_files(spec)]
+
+    def reader(skip: int):
+        for files in archives:  # one archive after the other, skipping what an earlier, killed pass already did
+            if skip < len(files.names):
+                yield from files.pairs(None, skip)
+            skip = max(0, skip - len(files.names))
+
+    crop = float(options["crop"]) / 178 if "crop" in options else None  # CelebA's box, as a fraction of its width
+    return FileSource([n for files in archives for n in files.names], reader, ", ".join(f.path.name for f in archives),
+                      crop=crop, problems=sum(f.problems for f in archives),
+                      first_problem=next((f.first_problem for f in archives if f.first_problem), ""))
+
+
+def decode_files(source: FileSource, resolution: int, channels: int, workers: int = 1) -> Decoded:
+    """Return every decodable image of a FileSource at one size, in memory (prepare() streams to a file instead).
+
+    Exact duplicates are dropped and unreadable files skipped, each counted.
     """
-    if isinstance(files, ImageFiles):
-        layout = Layout(files.names)
-        chosen = layout.select(split or "train", origin)
-        pairs, skipped, first_error = files.pairs(chosen), files.problems, files.first_problem
-    else:
-        pairs, skipped, first_error = files, 0, ""
-    arrays, names, seen, sizes = [], [], set(), set()
-    duplicates, total, gray = 0, skipped, True
-    for name, blob in pairs:
-        total += 1
-        if isinstance(blob, Exception):
-            skipped += 1
-            first_error = first_error or str(blob)
-            continue
-        digest = hashlib.sha1(blob).digest()
-        if digest in seen:  # byte-identical copies would be trained on twice as often
-            duplicates += 1
-            continue
-        seen.add(digest)
-        try:
-            array, was_gray, size = decode_image(blob, resolution, channels, crop=crop, name=name, report_mode=True)
-        except PurrganError as error:
-            skipped += 1
-            first_error = first_error or str(error)
-            continue
-        arrays.append(array)
-        names.append(name)
-        gray = gray and was_gray
-        sizes.add(size)
-    if not arrays:
-        if total == 0:
+    from .decode import decode_stream
+
+    chunks = list(decode_stream(source.reader(0), resolution, channels, source.crop, workers))
+    tally = tally_chunks(source, chunks)
+    report_tally(source, tally)
+    labels = np.array([source.labels[n] for c in chunks for n in c.names], dtype=np.int64) if source.labels else None
+    return Decoded(np.concatenate([c.images for c in chunks]), labels, source.class_names if source.labels else [],
+                   tally["skipped"], tally["duplicates"], tally["gray"], tally["own_size"])
+
+
+def tally_chunks(source: FileSource, chunks, before: dict | None = None) -> dict:
+    """Return the counts of decoded chunks (added to those of an earlier pass), failing when nothing could be read.
+
+    Says in one warning each how many files were unreadable or duplicates.
+    """
+    tally = dict(before or {"kept": 0, "total": source.problems, "skipped": source.problems, "duplicates": 0,
+                            "first_error": source.first_problem, "gray": True, "sizes": []})
+    for chunk in chunks:
+        tally["kept"] += len(chunk.names)
+        tally["total"] += chunk.consumed
+        tally["skipped"] += chunk.skipped
+        tally["duplicates"] += chunk.duplicates
+        tally["first_error"] = tally["first_error"] or chunk.first_error
+        tally["gray"] = tally["gray"] and (chunk.gray or not chunk.names)
+        tally["sizes"] = [list(s) for s in sorted({*map(tuple, tally["sizes"]), *chunk.sizes})][:2]  # one size, or several
+    tally["own_size"] = tuple(tally["sizes"][0]) if len(tally["sizes"]) == 1 else None
+    return tally
+
+
+def report_tally(source: FileSource, tally: dict) -> None:
+    """Fail when nothing could be read; warn once about unreadable files and dropped duplicates."""
+    origin = source.origin
+    if not tally["kept"]:
+        if tally["total"] == 0:
             raise PurrganError(f"no images in {origin}; expected files ending in .png, .jpg, .jpeg, .webp or .bmp")
-        raise PurrganError(f"none of the {total} image files in {origin} could be read (first: {first_error})")
-    if skipped:
-        log.warning("skipped %d of %d files in %s that could not be read as images (first: %s)", skipped, total, origin, first_error)
-    if duplicates:
-        log.warning("dropped %d exact duplicate files in %s (kept one copy of each)", duplicates, origin)
-    labels, class_names = labels_from_names(names)
-    return Decoded(np.stack(arrays), labels, class_names, skipped, duplicates, gray, sizes.pop() if len(sizes) == 1 else None)
+        raise PurrganError(f"none of the {tally['total']} image files in {origin} could be read (first: {tally['first_error']})")
+    if tally["skipped"]:
+        log.warning("skipped %d of %d files in %s that could not be read as images (first: %s)", tally["skipped"],
+                    tally["total"], origin, tally["first_error"])
+    if tally["duplicates"]:
+        log.warning("dropped %d exact duplicate files in %s (kept one copy of each)", tally["duplicates"], origin)
 
 
 def clean_class_name(name: str) -> str | None:
@@ -419,9 +461,8 @@ def read_digits(paths: list[Path], options: dict, resolution: int, channels: int
 
 
 def read_image_archives(paths: list[Path], options: dict, resolution: int, channels: int) -> Decoded:
-    crop = float(options["crop"]) / 178 if "crop" in options else None  # CelebA's box, as a fraction of its width
-    pairs = (pair for path in paths for pair in ImageFiles(path).pairs())
-    return decode_files(pairs, resolution, channels, crop=crop, origin=", ".join(p.name for p in paths))
+    """A named set made of image archives (the cat faces, CelebA): read through file_source(), like a folder."""
+    raise NotImplementedError("image archives are decoded through file_source()")  # never called: read_source routes them
 
 
 _MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -473,13 +514,11 @@ SOURCES: dict[str, NamedSource] = {
 DEFAULT_OPTIONS = {"celeba": {"crop": "108"}}
 
 
-def read_source(spec: SourceSpec, resolution: int, channels: int) -> Decoded:
-    """Return the decoded images of a source at the given size (downloading a named set if needed)."""
-    if spec.path is not None:
-        if spec.path.is_file() and not is_archive(spec.path):
-            raise PurrganError(f"data path {spec.path} is a file but not a .zip or .tar(.gz) archive; give a folder or an archive")
-        return decode_files(ImageFiles(spec.path), resolution, channels, origin=str(spec.path),
-                            split=spec.options.get("split"))
+def read_source(spec: SourceSpec, resolution: int, channels: int, workers: int = 1) -> Decoded:
+    """Return the decoded images of a source at the given size, in memory (downloading a named set if needed)."""
+    files = file_source(spec)
+    if files is not None:
+        return decode_files(files, resolution, channels, workers)
     options = {**DEFAULT_OPTIONS.get(spec.name, {}), **spec.options}
     return SOURCES[spec.name].read(local_files(spec), options, resolution, channels)
 

@@ -21,11 +21,9 @@ log = logging.getLogger(__name__)
 REAL_FEATURES_KEPT = 10_000  # real features kept in the cache for KID and precision/recall
 
 
-def _batches(images: torch.Tensor, index: torch.Tensor | None = None, size: int = 250):
-    """Yield uint8 batches of images (those at index, in its order): gathered one batch at a time."""
-    count = len(images) if index is None else len(index)
-    for start in range(0, count, size):
-        yield images[start:start + size] if index is None else images[index[start:start + size]]
+def _batches(images: torch.Tensor, size: int = 250):
+    for start in range(0, len(images), size):
+        yield images[start:start + size]
 
 
 def reference_statistics(config, split: str, extractor: FeatureExtractor, max_images: int = 50_000) -> dict[str, np.ndarray]:
@@ -54,7 +52,7 @@ def reference_statistics(config, split: str, extractor: FeatureExtractor, max_im
         raise PurrganError("--split val needs a held-out part: train with --set data.val_fraction=0.1 (for example)")
     index = torch.randperm(len(chosen), generator=torch.Generator().manual_seed(0))[:max_images]
     log.info("computing reference statistics of %d real images (once; cached in %s)", len(index), path.parent)
-    features = extract(extractor, _batches(chosen.images, index), keep=REAL_FEATURES_KEPT)
+    features = extract(extractor, chosen.batches(index, size=250), keep=REAL_FEATURES_KEPT)
     stats = {"mu": features["mu"], "sigma": features["sigma"], "features": np.ascontiguousarray(features["features"])}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(stats, str(path), metadata={"key": key})
