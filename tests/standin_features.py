@@ -21,3 +21,20 @@ class PixelFeatures:
 
 def make():
     return PixelFeatures()
+
+
+class SlowFeatures(PixelFeatures):
+    """The stand-in, taking $STANDIN_SECONDS (default 2) per batch: an evaluation that outlasts a collective timeout."""
+
+    name = "standin-slow"
+
+    def __call__(self, images):
+        import os
+        import time
+
+        time.sleep(float(os.environ.get("STANDIN_SECONDS", "2")))
+        return super().__call__(images)
+
+
+def make_slow():
+    return SlowFeatures()

@@ -11,7 +11,7 @@ from conftest import tiny_config
 from purrgan import load_generator
 from purrgan.errors import PurrganError
 from purrgan.monitor import read_metrics
-from purrgan.train import train
+from purrgan.train import train, train_step
 
 
 def test_short_training_run_learns_and_leaves_every_file(trained_run):
@@ -78,3 +78,38 @@ def test_resume_with_a_different_architecture_says_which_value(tmp_path):
     train(tiny_config(train__steps=2), run)
     with pytest.raises(PurrganError, match="trained with model.g_width = 8, but this run asks for 16"):
         train(tiny_config(train__steps=4, model__g_width=16), run, resume=True)
+
+
+def test_gradient_accumulation_gives_the_whole_batchs_update_without_batchnorm():
+    # R3GAN has no normalisation layer, so 4 micro-batches of 8 must update exactly as one batch of 32 does.
+    from purrgan.data import load_images
+    from purrgan.dist import Distributed
+    from purrgan.state import TrainState
+
+    data = load_images("digits", 32, 1)
+    runs = []
+    for per_device in ("0", "8"):
+        config = tiny_config(model__arch="r3gan", model__g_width="16", model__d_width="16", loss__name="rpgan",
+                             loss__r1_gamma="0.1", loss__r2_gamma="0.1", optim__g_steps="2",
+                             train__batch_per_device=per_device)
+        state = TrainState.create(config, data, torch.device("cpu"), Distributed())
+        assert state.micro_batches == (4 if per_device == "8" else 1)
+        logged = [train_step(state, log_now=True) for _ in range(3)]
+        runs.append((state, logged))
+    (whole, whole_log), (micro, micro_log) = runs
+    for (name, a), b in zip(whole.discriminator.named_parameters(), micro.discriminator.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+    for (name, a), b in zip(whole.generator.named_parameters(), micro.generator.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+    for key in ("d_loss", "g_loss", "r1_penalty", "d_real", "grad_norm/D/head.weight"):
+        torch.testing.assert_close(micro_log[-1][key], whole_log[-1][key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("per_device, says", [("5", "does not divide"), ("8", "cannot accumulate")])
+def test_a_batch_that_does_not_split_into_micro_batches_is_refused_in_one_line(tmp_path, per_device, says):
+    overrides = {"train__batch_per_device": per_device}
+    if per_device == "8":
+        overrides.update(optim__d_update="split", model__arch="keras-cifar", data__channels="3")
+    with pytest.raises(PurrganError, match=says):
+        train(tiny_config(**overrides), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -151,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return 0
     except PurrganError as error:
-        print(f"purrgan: error: {error}", file=sys.stderr)
+        from .errors import ReportedElsewhere
+
+        if not isinstance(error, ReportedElsewhere):  # under torchrun, rank 0 says it once for all
+            print(f"purrgan: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # a path that cannot be written or read: a full disk, a read-only folder, a missing parent
         where = f"{error.filename}: " if error.filename else ""

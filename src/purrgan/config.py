@@ -89,7 +89,8 @@ class TrainConfig:
     steps: int = 2000  # generator updates; ignored when epochs > 0
     epochs: int = 0  # passes over the data; 0 means "use steps"
     max_minutes: float = 0.0  # stop (with a checkpoint, resumable) after this much training time in one session; 0 = no limit
-    batch_size: int = 128
+    batch_size: int = 128  # images per step, over all processes
+    batch_per_device: int = 0  # images per forward pass on one device; less than its share adds gradient accumulation (0 = its share)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     log_every: int = 25  # steps between metrics rows (and the only host-device syncs)
@@ -140,7 +141,7 @@ _POSITIVE = {
     ("train", "keep_checkpoints"), ("train", "nan_lr_factor"), ("train", "eval_num"), ("loss", "reg_every"),
     ("augment", "ada_kimg"), ("augment", "ada_interval"),
 }
-_NON_NEGATIVE = {("train", "steps"), ("train", "epochs"), ("train", "seed"), ("model", "num_classes"),
+_NON_NEGATIVE = {("train", "steps"), ("train", "epochs"), ("train", "batch_per_device"), ("train", "seed"), ("model", "num_classes"),
                  ("loss", "gp_weight"), ("loss", "r1_gamma"), ("loss", "r2_gamma"), ("augment", "instance_noise"),
                  ("train", "ema_start"), ("train", "nan_retries"), ("train", "eval_every"), ("train", "max_minutes")}
 _FRACTIONS = {("loss", "label_smoothing"), ("train", "ema"), ("train", "ema_rampup"), ("data", "val_fraction"), ("optim", "beta1"),

@@ -53,6 +53,23 @@ def check_config(config: Config) -> None:
     active_loggers(config)
 
 
+def micro_batches(config: Config, world_size: int) -> int:
+    """Return the forward passes per update on each device: its share of the batch over train.batch_per_device."""
+    share = config.train.batch_size // world_size
+    if config.train.batch_size % world_size:
+        raise PurrganError(f"the batch size {config.train.batch_size} does not split evenly over {world_size} processes; "
+                           f"choose a multiple of {world_size}")
+    per_device = config.train.batch_per_device or share
+    if share % per_device:
+        raise PurrganError(f"each of {world_size} process(es) takes {share} images of the batch of "
+                           f"{config.train.batch_size}, which train.batch_per_device = {per_device} does not divide; "
+                           f"choose a batch size that is a multiple of {world_size * per_device}")
+    if share // per_device > 1 and config.optim.d_update == "split":
+        raise PurrganError("optim.d_update = \"split\" updates D on half batches and cannot accumulate gradients: "
+                           "leave train.batch_per_device at 0 (its default)")
+    return share // per_device
+
+
 def check_split_updates(config: Config, loss: Loss) -> None:
     """Raise PurrganError unless D's loss can be taken on reals and fakes apart, as optim.d_update = "split" does."""
     what = "optim.d_update = \"split\" (separate D updates on reals and on fakes)"
@@ -121,6 +138,7 @@ class TrainState:
     dist: Distributed
     total_steps: int
     flip: bool  # random horizontal flips of real images (decided by the data)
+    micro_batches: int = 1  # forward passes per update on this device (gradient accumulation)
     precision: torch.dtype | None = None  # autocast dtype, None for float32
     layout: torch.memory_format = torch.contiguous_format
     G: nn.Module | None = None
@@ -142,6 +160,7 @@ class TrainState:
         layout = memory_format(config.train.channels_last)
         generator, discriminator = generator.to(memory_format=layout), discriminator.to(memory_format=layout)
         generator_ema = make_ema(generator) if config.train.ema > 0 else None  # a copy in G's layout: one lerp per step
+        dist.broadcast_modules(generator, discriminator, generator_ema)  # every rank starts from rank 0's weights
         precision = amp_dtype(config.train.amp, device)
         loader = DeviceLoader(data, config.train.batch_size, config.train.seed, device, config.train.data_on_device,
                               dist.rank, dist.world_size)  # each rank draws its share of every global batch
@@ -156,7 +175,7 @@ class TrainState:
             rng=torch.Generator(device=device).manual_seed(derived_seed(config.train.seed, 1_000_003 * dist.rank)),
             loader=loader, augment=build_augment(config.augment).to(device), loss=LOSSES[config.loss.name],
             device=device, dist=dist, total_steps=total, flip=config.data.hflip == "on",
-            precision=precision, layout=layout)
+            precision=precision, layout=layout, micro_batches=micro_batches(config, dist.world_size))
         state.G = maybe_compile(generator, config.train.compile)  # compiled by the first step (train.warm_up_compiled)
         # A compiled module cannot be differentiated twice, which R1, R2 and the gradient penalty need: D stays eager.
         penalised = any(r.penalty is not None and r.weight > 0 for r in state.loss.regularisers(config.loss))

@@ -8,6 +8,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +28,7 @@ from .health import HealthWarning, TrainingDiverged, first_non_finite
 from .losses import Batch, apply_constraints, d_half_objective, d_objective, g_objective
 from .monitor import NullMonitor, RunMonitor, layer_grad_norms, weights_and_grads
 from .rundir import RunFolder
-from .state import TrainState, check_config
+from .state import TrainState, check_config, micro_batches
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int, "dict[str, float] | None", bool], None]  # (step, total, latest row, finished)
@@ -51,36 +52,52 @@ def train_step(state: TrainState, log_now: bool = False, histograms: bool = Fals
     """One step: d_steps D updates on fresh real batches (two each, reals then fakes, when optim.d_update is
     "split"), then g_steps G updates; returns the tensors to log.
 
+    Each update may run over micro-batches (train.batch_per_device): their gradients add up before one
+    optimiser step, so the update is that of the whole batch, up to BatchNorm's per-batch statistics.
     0-dim entries are statistics (losses, penalties, D's outputs, gradient norms when log_now); larger
     ones are histograms (when asked). No file is touched and nothing leaves the device.
     """
     config, progress = state.config, state.step / state.total_steps
     stats: dict[str, torch.Tensor] = {}
     split = config.optim.d_update == "split"
-    reuse = config.optim.d_steps == 1 and config.optim.g_steps == 1 and not split  # G's update reuses D's fakes (one G forward)
+    # With one micro-batch per update, G's update reuses D's fakes and their graph (one G forward per step).
+    reuse = config.optim.d_steps == 1 and config.optim.g_steps == 1 and not split and state.micro_batches == 1
     for _ in range(config.optim.d_steps):
-        real, labels = state.real_batch()  # (B, C, H, W) in [-1, 1]
+        real, labels = state.real_batch()  # (B, C, H, W) in [-1, 1]: this process's share of the batch
         if split:
-            batch, d_out = _split_d_updates(state, real, labels, progress, stats, log_now, histograms)
+            seen, d_out = _split_d_updates(state, real, labels, progress, stats, log_now, histograms)
         else:
             z = state.noise(real.shape[0])
-            with state.autocast():
-                with torch.set_grad_enabled(reuse):  # keep G's graph only when G's update will use this batch
-                    fake = state.G(z, labels)
-                batch = Batch(state.augment(real, state.rng, progress), state.augment(fake.detach(), state.rng, progress), labels, z)
-                d_out = d_objective(state.loss, config.loss, state.D, batch, state.step, state.rng)  # float32 losses
-            stats.update(_update(state, "D", d_out["loss"], log_now, histograms))
+            seen = []  # per micro-batch, what G's update pairs with: the reals D saw, the fakes (with their graph
+            # when reused), labels, latents and how many images
+
+            def d_loss(real: torch.Tensor, labels: torch.Tensor | None, z: torch.Tensor) -> dict[str, torch.Tensor]:
+                with state.autocast():
+                    with torch.set_grad_enabled(reuse):  # keep G's graph only when G's update will use these fakes
+                        fake = state.G(z, labels)
+                    batch = Batch(state.augment(real, state.rng, progress), state.augment(fake.detach(), state.rng, progress),
+                                  labels, z)
+                    seen.append((batch.real, fake, labels, z, len(z)))
+                    return d_objective(state.loss, config.loss, state.D, batch, state.step, state.rng)  # float32 losses
+
+            d_out = _update(state, "D", [partial(d_loss, *part) for part in _micro(state, real, labels, z)],
+                            stats, log_now, histograms)
         state.augment.observe(d_out, state.dist.mean)
+
+    def g_loss(real_seen: torch.Tensor, fake: torch.Tensor | None, labels: torch.Tensor | None, z: torch.Tensor) \
+            -> dict[str, torch.Tensor]:
+        with state.autocast():
+            if not reuse:
+                fake = state.G(z, labels)  # G imitates the classes of the last real batch
+            g_batch = Batch(real_seen.detach(), state.augment(fake, state.rng, progress), labels, z)
+            return g_objective(state.loss, config.loss, state.D, g_batch, state.step, state.rng)
 
     state.discriminator.requires_grad_(False)  # G's update needs no gradients for D's weights
     for _ in range(config.optim.g_steps):
-        with state.autocast():
-            if not reuse:
-                z = state.noise(real.shape[0])
-                fake = state.G(z, labels)  # G imitates the classes of the last real batch
-            g_batch = Batch(batch.real.detach(), state.augment(fake, state.rng, progress), labels, z)
-            g_out = g_objective(state.loss, config.loss, state.D, g_batch, state.step, state.rng)
-        stats.update(_update(state, "G", g_out["loss"], log_now, histograms))
+        # Fresh latents for the whole batch at once (the same draws however it is cut into micro-batches).
+        latents = [part[3] for part in seen] if reuse else state.noise(sum(p[4] for p in seen)).split([p[4] for p in seen])
+        g_out = _update(state, "G", [partial(g_loss, real, fake, labels, z) for (real, fake, labels, _, _), z
+                                     in zip(seen, latents)], stats, log_now, histograms)
     state.discriminator.requires_grad_(True)
 
     state.dist.broadcast_buffers(state.generator, state.discriminator)  # BatchNorm statistics follow rank 0, as DDP
@@ -91,6 +108,13 @@ def train_step(state: TrainState, log_now: bool = False, histograms: bool = Fals
     stats.update({"d_loss": d_out["loss"], "g_loss": g_out["loss"], **state.augment.stats()})
     stats.update({k: v for k, v in {**g_out, **d_out}.items() if k != "loss" and v.ndim == 0})
     return {k: v.detach() for k, v in stats.items()}
+
+
+def _micro(state: TrainState, *tensors: torch.Tensor | None) -> list[tuple]:
+    """Return the micro-batches of an update: the tensors (each (B, ...) or None) cut into state.micro_batches pieces."""
+    count = state.micro_batches
+    pieces = [t.chunk(count) if t is not None else (None,) * count for t in tensors]
+    return list(zip(*pieces))
 
 
 def warm_up_compiled(state: TrainState) -> None:
@@ -115,46 +139,60 @@ def warm_up_compiled(state: TrainState) -> None:
 
 
 def _split_d_updates(state: TrainState, real: torch.Tensor, labels: torch.Tensor | None, progress: float,
-                     stats: dict[str, torch.Tensor], record: bool, histograms: bool) -> tuple[Batch, dict[str, torch.Tensor]]:
+                     stats: dict[str, torch.Tensor], record: bool, histograms: bool) -> tuple[list[tuple], dict[str, torch.Tensor]]:
     """The Keras tutorial's D training: one update on half the batch of reals, then one on as many fresh fakes.
 
     Each half is its own optimiser step, so the fakes are scored by the D the reals have already moved.
-    The gradient flow recorded is the fake update's. Returns the batch D saw and d_objective's entries.
+    The gradient flow recorded is the fake update's. Returns what G's update pairs with (d_loss's `seen`:
+    the reals D saw, and the full batch's labels and latents) and d_objective's entries.
     """
     half = real.shape[0] // 2
-    real, labels = real[:half], None if labels is None else labels[:half]
     z = state.noise(half)
     with state.autocast():
         with torch.no_grad():
-            fake = state.G(z, labels)
-        batch = Batch(state.augment(real, state.rng, progress), state.augment(fake, state.rng, progress), labels, z)
+            fake = state.G(z, None if labels is None else labels[:half])
+        images = {True: state.augment(real[:half], state.rng, progress), False: state.augment(fake, state.rng, progress)}
     d_out: dict[str, torch.Tensor] = {}
-    for is_real, images in ((True, batch.real), (False, batch.fake)):
-        with state.autocast():
-            part = d_half_objective(state.loss, state.config.loss, state.D, images, labels, is_real)
-        stats.update(_update(state, "D", part.pop("loss"), record, histograms))
-        d_out.update(part)
+    for is_real in (True, False):
+        def side() -> dict[str, torch.Tensor]:
+            with state.autocast():
+                return d_half_objective(state.loss, state.config.loss, state.D, images[is_real],
+                                        None if labels is None else labels[:half], is_real)
+        d_out.update(_update(state, "D", [side], stats, record, histograms))
     d_out["loss"] = d_out["d_loss_real"] + d_out["d_loss_fake"]
-    return batch, d_out
+    return [(images[True], None, labels, None, real.shape[0])], d_out
 
 
-def _update(state: TrainState, side: str, loss: torch.Tensor, record: bool, histograms: bool) -> dict[str, torch.Tensor]:
-    """Backpropagate loss into one side (D or G), average over ranks, step its optimiser; return its gradient flow."""
+def _update(state: TrainState, side: str, parts: list, stats: dict[str, torch.Tensor], record: bool,
+            histograms: bool) -> dict[str, torch.Tensor]:
+    """One optimiser step of one side (D or G) over its micro-batches; return their losses' entries, merged.
+
+    Each part() returns a loss dict; its "loss" is backpropagated scaled by 1/parts, so the gradients add
+    up to the whole batch's. Then gradients are averaged over the ranks, the gradient flow recorded
+    into stats (when record), the optimiser stepped and the side's constraints applied.
+    """
     module, optimizer, scaler = ((state.discriminator, state.opt_d, state.scaler_d) if side == "D"
                                  else (state.generator, state.opt_g, state.scaler_g))
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    outs = []
+    for part in parts:
+        out = part()
+        scaler.scale(out["loss"] / len(parts)).backward()
+        outs.append(out)
     state.dist.average_gradients(module)
-    out = {}
     if record:  # the gradient flow of this update, before the step changes anything
         scaler.unscale_(optimizer)
-        out = layer_grad_norms(module, side)
+        stats.update(layer_grad_norms(module, side))
         if histograms:
-            out.update(weights_and_grads(module, side))
+            stats.update(weights_and_grads(module, side))
     scaler.step(optimizer)
     scaler.update()
     apply_constraints(state.loss, state.config.loss, side, module)  # e.g. WGAN's weight clipping
-    return out
+    if len(outs) == 1:
+        return outs[0]
+    # The micro-batches' means average to the batch's (equal sizes); raw scores are concatenated.
+    return {key: torch.stack([o[key] for o in outs]).mean(0) if outs[0][key].ndim == 0 else torch.cat([o[key] for o in outs])
+            for key in outs[0]}
 
 
 # ---------------------------------------------------------------- the run
@@ -234,22 +272,26 @@ def settle_precision(config: Config, data: ImageSet, device: torch.device, dist,
     times a few small steps both ways (on throw-away networks: the run's random streams are
     untouched) and keeps float32 unless bf16 is at least 15% faster. A CPU without native bf16 is not
     measured (emulated bf16 with a double backward took over 10 minutes for the trial alone). A resumed
-    run keeps its choice.
+    run keeps its choice. With several processes rank 0 measures and decides for all, and says so once.
     """
     if config.train.amp != "auto" or device.type != "cpu":
         return config
     if resumed in ("off", "bf16"):
         return replace(config, train=replace(config.train, amp=resumed))
-    if cpu_has_native_bf16():
-        seconds = _time_steps_both_ways(config, data, device, dist)
-        faster = seconds["bf16"] < seconds["off"] / 1.15
-        why = (f"bf16 steps take {100 * seconds['bf16'] / seconds['off']:.0f}% of the float32 time"
-               if seconds["bf16"] < float("inf") else "bf16 steps take over twice the float32 time")
-    else:  # emulated bf16 is slower, with a double backward (R1, the GP) by minutes a step: don't even measure
-        faster, why = False, "this CPU has no native bf16"
-    if dist.enabled:
-        faster = dist.any(faster, device)  # every rank takes the same precision
-    log.info("mixed precision on this CPU: %s; training in %s", why, "bf16" if faster else "float32")
+
+    def decide() -> bool:
+        if cpu_has_native_bf16():
+            seconds = _time_steps_both_ways(config, data, device, dist)
+            faster = seconds["bf16"] < seconds["off"] / 1.15
+            why = (f"bf16 steps take {100 * seconds['bf16'] / seconds['off']:.0f}% of the float32 time"
+                   if seconds["bf16"] < float("inf") else "bf16 steps take over twice the float32 time")
+        else:  # emulated bf16 is slower, with a double backward (R1, the GP) by minutes a step: don't even measure
+            faster, why = False, "this CPU has no native bf16"
+        ranks = f" (measured by rank 0 for all {dist.world_size} processes)" if dist.enabled else ""
+        log.info("mixed precision on this CPU: %s; training in %s%s", why, "bf16" if faster else "float32", ranks)
+        return faster
+
+    faster = dist.on_main(decide, share=True)  # every rank trains in the one precision rank 0 chose
     return replace(config, train=replace(config.train, amp="bf16" if faster else "off"))
 
 
@@ -294,7 +336,10 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     check_config(config)
     dist, device_name = setup_distributed(config.train.device)  # one process, or one rank of torchrun's several
     device = resolve_device(device_name)
-    with RunFolder(run_dir, resume, config.data.source) if dist.is_main else contextlib.nullcontext():
+    micro_batches(config, dist.world_size)  # the batch splits over the processes and micro-batches, or one line says why
+    with contextlib.ExitStack() as folder:
+        # Rank 0 alone locks and writes the run folder; if it cannot, every rank stops with its message.
+        dist.on_main(lambda: folder.enter_context(RunFolder(run_dir, resume, config.data.source)))
         return _train(config, run_dir, resume, on_progress, stop, dist, device, on_phase)
 
 
@@ -304,10 +349,13 @@ def _train(config: Config, run_dir: Path, resume: bool, on_progress, stop, dist,
         torch.use_deterministic_algorithms(True, warn_only=True)
     config = fit_to_prepared_file(config)
     preparing = (lambda done, total: on_phase("preparing the data", done, total)) if on_phase else None
-    data, _ = split_validation(load_images(config.data.source, config.data.resolution, config.data.channels,
-                                           config.data.classes, progress=preparing), config.data.val_fraction)
+    # Rank 0 prepares the data set into the cache while the others wait, then they read what it wrote.
+    data, _ = split_validation(dist.main_first(lambda: load_images(
+        config.data.source, config.data.resolution, config.data.channels, config.data.classes, progress=preparing)),
+        config.data.val_fraction)
     config = prepare_config(config, data)
-    saved = checkpoint.load_latest(run_dir) if resume else None
+    # Rank 0 reads the checkpoint and hands it to the others: the run folder need not be shared between machines.
+    saved = dist.on_main(lambda: checkpoint.load_latest(run_dir), share=True) if resume else None
     config = settle_precision(config, data, device, dist, _saved_setting(saved, "train", "amp"))
 
     state = TrainState.create(config, data, device, dist)
@@ -316,9 +364,10 @@ def _train(config: Config, run_dir: Path, resume: bool, on_progress, stop, dist,
         log.info("%s, on %s%s, into %s", describe(config, data, state.total_steps), device,
                  " in bf16" if state.precision == torch.bfloat16 else "", run_dir)
     evaluator = None
-    if config.train.eval_every and dist.is_main:
+    if config.train.eval_every:
         from .metrics.evaluate import Evaluator
-        evaluator = Evaluator(config, device)  # fails fast: weights and reference statistics before training
+        # Fails fast: weights and reference statistics (minutes, the first time) before training; rank 0 alone.
+        evaluator = dist.on_main(lambda: Evaluator(config, device))
     if saved:
         state.load_state_dict(*saved)
         log.info("resuming %s from step %d (%s)", run_dir, state.step, saved[1])
@@ -341,12 +390,12 @@ def _train(config: Config, run_dir: Path, resume: bool, on_progress, stop, dist,
     finally:
         monitor.close()
     stopped = state.step < state.total_steps
+    from .products import finish_run
+
+    # The report, the memorisation check and the model card come from rank 0; the others wait for it.
+    dist.on_main(lambda: finish_run(run_dir, config, state.sampler, state.class_names, state.step,
+                                    state.generator_ema is not None, data))
     final = run_dir / "samples" / "final.png"
-    if dist.is_main:
-        from .products import finish_run
-        final = finish_run(run_dir, config, state.sampler, state.class_names, state.step, state.generator_ema is not None,
-                           data)
-    dist.barrier()
     teardown_distributed(dist)
     return RunResult(run_dir, state.step, checkpoint.find_checkpoint(run_dir), final, stopped, state.total_steps)
 
@@ -381,12 +430,8 @@ def run_loop(state: TrainState, run_dir: Path, monitor, evaluator, on_progress: 
                 clock["row"] = log_stats(state, stats, monitor, clock)
             if dist.is_main and state.step % config.train.sample_every == 0:
                 monitor.samples(state.step, sample_fixed(state.sampler, z_fixed, labels_fixed))
-            if evaluator is not None and due(config.train.eval_every):
-                results = evaluator.evaluate(state.sampler, state.step, state.class_names)
-                monitor.evaluation(state.step, results)
-                if "fid" in results and (state.best_fid is None or results["fid"] < state.best_fid):
-                    state.best_fid = results["fid"]
-                    checkpoint.write_atomic(run_dir / "checkpoints" / "best.safetensors", checkpoint.encode(state.state_dict()))
+            if config.train.eval_every and due(config.train.eval_every):  # rank 0 evaluates; the others wait
+                state.best_fid = dist.on_main(lambda: evaluate(state, evaluator, monitor, run_dir), share=True)
             if due(config.train.checkpoint_every):
                 save(state, run_dir)
                 monitor.checkpointed()
@@ -404,6 +449,16 @@ def run_loop(state: TrainState, run_dir: Path, monitor, evaluator, on_progress: 
         monitor.frame(state.step, sample_fixed(state.sampler, z_fixed, labels_fixed))
     if on_progress:
         on_progress(state.step, total, clock["row"], True)  # the bar closes before loggers print their goodbyes
+
+
+def evaluate(state: TrainState, evaluator, monitor, run_dir: Path) -> float | None:
+    """Compute the metrics now, record them, keep checkpoints/best by FID; return the best FID so far."""
+    results = evaluator.evaluate(state.sampler, state.step, state.class_names)
+    monitor.evaluation(state.step, results)
+    if "fid" in results and (state.best_fid is None or results["fid"] < state.best_fid):
+        state.best_fid = results["fid"]
+        checkpoint.write_atomic(run_dir / "checkpoints" / "best.safetensors", checkpoint.encode(state.state_dict()))
+    return state.best_fid
 
 
 def real_images_per_step(config: Config) -> int:
@@ -424,7 +479,7 @@ def log_stats(state: TrainState, stats: dict[str, torch.Tensor], monitor, clock:
     values = state.dist.mean(torch.stack([scalars[k].float() for k in per_row])).tolist()
     epochs = state.loader.epoch + state.loader.index / state.loader.batches_per_epoch  # passes done: 1.0 after --epochs 1
     row = {"step": state.step, "epoch": round(epochs, 4), **dict(zip(per_row, values)),
-           "images_per_s": clock["seen"] * state.dist.world_size / max(now - clock["last"], 1e-9),
+           "images_per_s": clock["seen"] / max(now - clock["last"], 1e-9),  # seen: the global batches, all ranks
            "elapsed_s": now - clock["start"]}
     if not (math.isfinite(row["d_loss"]) and math.isfinite(row["g_loss"])):  # every rank sees the same means
         raise TrainingDiverged(f"d_loss and g_loss became {row['d_loss']}, {row['g_loss']} at step {state.step}")
@@ -453,10 +508,22 @@ def save(state: TrainState, run_dir: Path, extra: tuple[str, ...] = ()) -> None:
     if broken:  # never replace a good checkpoint with a diverged one
         raise TrainingDiverged(f"{broken} holds NaN/Inf at step {state.step}")
     checksums = state.dist.gather_floats(weights_checksum(state.generator, state.discriminator), state.device)
+    check_in_step(checksums, state.step)
     if state.dist.is_main:
         checkpoint.save(run_dir / "checkpoints", {**state.state_dict(), "world_size": state.dist.world_size,
                                                    "rank_checksums": checksums}, extra, keep=state.config.train.keep_checkpoints)
     state.dist.barrier()  # nobody reads a checkpoint before it is complete
+
+
+def check_in_step(checksums: list[float], step: int) -> None:
+    """Raise PurrganError when the ranks' weight checksums differ: they no longer train the same networks."""
+    first = checksums[0]
+    drifted = [rank for rank, value in enumerate(checksums) if abs(value - first) > 1e-9 * max(abs(first), 1.0)]
+    if drifted:
+        raise PurrganError(f"the processes' weights differ at step {step} (checksum of rank 0: {first:.10g}, of rank "
+                           f"{drifted[0]}: {checksums[drifted[0]]:.10g}), so they no longer train one model; nothing was "
+                           f"saved at this step: resume from the last checkpoint with --resume, and report this if it "
+                           f"happens again")
 
 
 def roll_back(state: TrainState, run_dir: Path, monitor, error: TrainingDiverged, attempt: int) -> None:
@@ -468,7 +535,7 @@ def roll_back(state: TrainState, run_dir: Path, monitor, error: TrainingDiverged
                            f"(--set optim.lr_d=... --set optim.lr_g=...); the last good checkpoint is kept in "
                            f"{run_dir / 'checkpoints'}") from None
     failed = state.learning_rates
-    saved, source = checkpoint.load_latest(run_dir)
+    saved, source = state.dist.on_main(lambda: checkpoint.load_latest(run_dir), share=True)
     state.load_state_dict(saved, source)
     state.scale_learning_rates(failed, config.train.nan_lr_factor)  # lower than when it failed, also after a 2nd time
     monitor.rewind(state.step)
