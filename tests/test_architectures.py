@@ -17,6 +17,7 @@ def _config(arch, resolution, channels, **model):
 
 
 CASES = [(arch, res, ch) for arch, spec in ARCHITECTURES.items() for res in (32, 64) if res in spec.resolutions for ch in (1, 3)]
+CASES += [(arch, res, 3) for arch in ("dcgan", "r3gan") for res in (128, 256)]  # the GPU sizes
 
 
 @pytest.mark.parametrize("arch, resolution, channels", CASES)
@@ -49,6 +50,15 @@ def test_parameter_counts_match_published_models(arch, z_dim, channels, resoluti
     config = _config(arch, resolution, channels, z_dim=z_dim, g_width=g_width, d_width=d_width)
     assert _count(build_generator(config)) == g_params
     assert _count(build_discriminator(config)) == d_params
+
+
+def test_r3gan_stage_widths_follow_the_papers_ffhq_configurations():
+    from purrgan.models.r3gan import stage_widths
+
+    # R3GAN's FFHQ-64 and FFHQ-256 presets: 3 * x // 4 for x in [1024, 1024, 1024, 1024, 512(, 256, 128)]
+    assert stage_widths(64, 768) == [768, 768, 768, 768, 384]
+    assert stage_widths(256, 768) == [768, 768, 768, 768, 384, 192, 96]
+    assert stage_widths(32, 768) == [768] * 4  # CIFAR-10
 
 
 def test_keras_discriminator_has_dropout_and_dcgan_linear_has_linear_head():

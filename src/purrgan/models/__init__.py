@@ -85,7 +85,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "dcgan": Architecture(
         generator=lambda c, k: dcgan.Generator(c.model.z_dim, *_sizes(c), c.model.g_width, k),
         discriminator=lambda c, k: dcgan.Discriminator(*_sizes(c), c.model.d_width, k, c.model.d_norm, c.model.d_spectral_norm),
-        resolutions=(16, 32, 64, 128),
+        resolutions=(16, 32, 64, 128, 256),
         summary="DCGAN (Radford et al. 2016; pytorch/examples/dcgan): transposed convs + BatchNorm",
         projection=True,
     ),
@@ -118,7 +118,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "r3gan": Architecture(
         generator=lambda c, k: r3gan.Generator(c.model.z_dim, *_sizes(c), c.model.g_width, **model_options(c)),
         discriminator=lambda c, k: r3gan.Discriminator(*_sizes(c), c.model.d_width, **model_options(c)),
-        resolutions=(32, 64),
+        resolutions=(32, 64, 128, 256),
         summary="R3GAN (Huang et al. 2025): ResNeXt-style inverted bottlenecks, no normalisation, for rpgan + R1 + R2",
         options={"blocks": 2, "group_size": 16, "expansion": 2},
     ),

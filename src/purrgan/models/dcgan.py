@@ -17,9 +17,10 @@ from .layers import Norm2d, Projection, d_norm, maybe_sn
 
 
 def _widths(resolution: int) -> list[int]:
-    # Channel multipliers from the 4x4 stage upwards: 64 -> [8, 4, 2, 1], 32 -> [4, 2, 1].
+    # Channel multipliers from the 4x4 stage upwards: 64 -> [8, 4, 2, 1], 32 -> [4, 2, 1], 128 -> [16, 8, 4, 2, 1];
+    # capped at 16 (256 -> [16, 16, 8, 4, 2, 1]) so that a 256x256 G does not start at 2,048 channels.
     stages = int(math.log2(resolution)) - 2
-    return [2 ** i for i in reversed(range(stages))]
+    return [min(2 ** i, 16) for i in reversed(range(stages))]
 
 
 class Generator(nn.Module):

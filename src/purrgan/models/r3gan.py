@@ -1,5 +1,5 @@
 """The R3GAN generator and discriminator (Huang et al. 2025, "The GAN is dead; long live the GAN! A Modern GAN
-Baseline"): a ResNeXt-style network with no normalisation, for 32x32 and 64x64 images.
+Baseline"): a ResNeXt-style network with no normalisation, for 32x32 to 256x256 images.
 
 Each stage is a few inverted-bottleneck residual blocks (1x1 conv widening by `expansion`, grouped 3x3
 conv with `group_size` channels per group, 1x1 conv back), with biased leaky ReLU 0.2 and no
@@ -8,8 +8,8 @@ every block starts at zero, so every block starts as the identity. G: a learned 
 a linear map of z, then stages joined by bilinear 2x upsampling. D mirrors it: stages joined by [1,2,1]
 blur-and-subsample (bilinear downsampling, written as a fixed convolution so R1/R2 can differentiate
 through it twice), ending in a depthwise 4x4 basis and a linear score. Widths are constant per stage
-(`width`), halved at 64x64 as in the paper's FFHQ-64 configuration. Beyond the paper: tanh on G's
-output, to keep purrgan's [-1, 1] image convention.
+(`width`) up to 32x32 and halved at each doubling beyond, as in the paper's FFHQ-64 and FFHQ-256
+configurations. Beyond the paper: tanh on G's output, to keep purrgan's [-1, 1] image convention.
 """
 
 from __future__ import annotations
@@ -79,9 +79,12 @@ class Downsample(nn.Module):
 
 
 def stage_widths(resolution: int, width: int) -> list[int]:
-    """Return the channels of each stage from 4x4 upwards: constant, halved at 64x64."""
+    """Return the channels of each stage from 4x4 upwards: constant up to 32x32, then halved at every doubling.
+
+    The paper's FFHQ-256 configuration: 768 up to 32x32, then 384, 192, 96 at 64, 128, 256 (FFHQ-64 stops at 384).
+    """
     sides = [4 * 2 ** i for i in range(int(math.log2(resolution)) - 1)]  # 32: 4, 8, 16, 32
-    return [width // 2 if side >= 64 else width for side in sides]
+    return [max(width // max(side // 32, 1), 1) for side in sides]
 
 
 class Generator(nn.Module):
