@@ -1,45 +1,56 @@
 #!/usr/bin/env bash
-# Issue 15, section 7 on a lent GPU machine, in as few device calls as the 15-minute device budget allows.
-# The device machine has torch, torchvision, tensorboard, scipy, matplotlib, safetensors and tqdm, but no
-# network and none of ../shared; purrgan runs from src/ there (torch-fidelity is only needed for Inception FID).
+# The GPU checks in one call on a lent device machine: DCGAN-64 training (float32, bf16, compiled) and sampling
+# speed, r3gan-cats64-gpu and sngan-cifar10 training speed, and a short cats quality run with its grid.
 #
-# Here, once, before the calls (the archives travel in the ignored folder .gpu, at most 64 MiB in all):
-#   mkdir -p .gpu && cp ../shared/data/cats64-kaggle.tar.gz ../shared/data/cifar10-jpg.tar.gz .gpu/
-#   grep -qx '/.gpu/' .git/info/exclude || echo /.gpu/ >> .git/info/exclude
-# Then, with the device tool (carry: [".gpu", "benchmarks/.cache"], so the yardstick is not retrained):
-#   bash benchmarks/gpu.sh throughput                 # ~4 min: training + sampling, with and without compile
-#   MINUTES=1.5 bash benchmarks/gpu.sh cats           # ~3 min per recipe: best-cats64 and r3gan-cats64-gpu
-#   MINUTES=1.5 bash benchmarks/gpu.sh cifar          # ~3 min per recipe: dcgan-cifar10 and r3gan-cifar10-gpu
-#   RECIPES="r3gan-cats64-gpu" MINUTES=8 bash benchmarks/gpu.sh cats   # the "near real-vs-real in 10 minutes" target
-# Each part writes its table to $OUT (the device tool brings it back) and prints it.
+# The device machine has Python 3.12, torch, torchvision, tensorboard, scipy and matplotlib, but no network, no
+# torch-fidelity and none of ../shared. So, here, once (about 26 MB; .gpu is ignored by git):
+#   python benchmarks/gpu_pack.py          # purrgan's wheel, torch-fidelity's, the yardstick, the cat faces
+# then, with the device tool (carry: [".gpu"], timeout_s 600; it takes about 8 minutes):
+#   bash benchmarks/gpu.sh                 # tables on stdout and in $OUT/device-results.md, the grid in $OUT
+#   MINUTES=1.5 bash benchmarks/gpu.sh     # a shorter quality run
+# and here, before spending device time, the same script end to end on the CPU with tiny sizes (the suite runs it):
+#   bash benchmarks/gpu.sh --dry-run
 set -uo pipefail
 cd "$(dirname "$0")/.."
-part=${1:?usage: bash benchmarks/gpu.sh throughput|cats|cifar}
+dry=""
+[ "${1:-}" = "--dry-run" ] && dry="--dry-run"
+gpu_dir=${GPU_DIR:-$PWD/.gpu}
 out=${OUT:-/tmp/purrgan-gpu}
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PURRGAN_SHARED_DATA="$PWD/.gpu"
-export PURRGAN_DATA=/tmp/purrgan-data  # decoded data sets are cached here, not in the user's home
-python3 -c "import torch, purrgan; print('torch', torch.__version__, torch.cuda.get_device_name(0))" || exit 1
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
-minutes=${MINUTES:-1.5}
-case "$part" in
-  throughput)
-    # Batch 2048: 100k images/s is ~50 steps/s at this batch, within reach of kernel launch overhead.
-    timeout 540 python3 benchmarks/throughput.py --device cuda --compile --batch 2048 --steps 40 --repeats 3 \
-        --warmup 20 --images 9303 --workers 12 --sample-num 2000000 --sample-batch 16384 2>&1 | tee "$out/throughput.txt" ;;
-  cats)
-    timeout 570 python3 benchmarks/quality.py --yardstick-epochs 6 --eval-num 2000 --data "$PWD/.gpu/cats64-kaggle.tar.gz" \
-        --recipes ${RECIPES:-best-cats64 r3gan-cats64-gpu} --minutes "$minutes" --out /tmp/q-cats \
-        --json "$out/quality-cats.json" 2>&1 | tee "$out/quality-cats.txt" ;;
-  cifar)
-    timeout 570 python3 benchmarks/quality.py --yardstick-epochs 6 --eval-num 2000 --data "$PWD/.gpu/cifar10-jpg.tar.gz" \
-        --recipes ${RECIPES:-dcgan-cifar10 r3gan-cifar10-gpu} --minutes "$minutes" --out /tmp/q-cifar \
-        --json "$out/quality-cifar.json" 2>&1 | tee "$out/quality-cifar.txt" ;;
-  *) echo "unknown part '$part': use throughput, cats or cifar"; exit 2 ;;
-esac
-status=$?
-# One grid per run (EMA weights where kept), for the README gallery: at most 8 files come back.
-for run in /tmp/q-"$part"/*/; do
-  [ -f "$run/checkpoints/last.safetensors" ] && python3 -m purrgan sample "$run" --num 64 --seed 0 --out "$out/$(basename "$run").png"
-done
-exit $status
+work=${WORK:-/tmp/purrgan-device}
+python=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PURRGAN_DATA="$work/cache"
+
+# ---- prerequisites, in seconds: one line per missing piece
+missing=()
+command -v "$python" >/dev/null 2>&1 || missing+=("$python: not found")
+[ -f "$gpu_dir/cats64-kaggle.tar.gz" ] || missing+=("$gpu_dir/cats64-kaggle.tar.gz: missing (python benchmarks/gpu_pack.py copies it)")
+[ -f "$gpu_dir/yardstick.pt" ] || missing+=("$gpu_dir/yardstick.pt: missing (python benchmarks/gpu_pack.py copies or trains it)")
+ls "$gpu_dir"/wheels/purrgan-*.whl >/dev/null 2>&1 || missing+=("$gpu_dir/wheels/purrgan-*.whl: missing (python benchmarks/gpu_pack.py builds it)")
+if command -v "$python" >/dev/null 2>&1; then
+  ls "$gpu_dir"/wheels/torch_fidelity-*.whl >/dev/null 2>&1 || "$python" -c "import torch_fidelity" >/dev/null 2>&1 \
+    || missing+=("torch-fidelity: neither installed nor carried in $gpu_dir/wheels (python benchmarks/gpu_pack.py downloads it)")
+  "$python" -c "import torch, torchvision, tqdm, tensorboard, scipy, matplotlib, safetensors" >/dev/null 2>&1 \
+    || missing+=("$python: cannot import torch, torchvision, tqdm, tensorboard, scipy, matplotlib and safetensors")
+  if [ -z "$dry" ]; then
+    "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1 \
+      || missing+=("CUDA: torch sees no GPU (use --dry-run to check the script on a CPU)")
+  fi
+fi
+mkdir -p "$out" "$work" 2>/dev/null && [ -w "$out" ] || missing+=("$out: cannot be written (set OUT)")
+free_kb=$(df -Pk "$work" 2>/dev/null | awk 'NR == 2 {print $4}')
+[ "${free_kb:-0}" -ge 2000000 ] || missing+=("$work: under 2 GB free (set WORK)")
+if [ ${#missing[@]} -gt 0 ]; then
+  printf 'gpu.sh: %s\n' "${missing[@]}"
+  exit 2
+fi
+
+# ---- the carried wheels, installed without a network into a folder of their own
+site="$work/site"
+rm -rf "$site"
+"$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
+    --target "$site" "$gpu_dir"/wheels/*.whl || { echo "gpu.sh: could not install the wheels in $gpu_dir/wheels"; exit 2; }
+export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+"$python" -c "import purrgan, torch_fidelity; print('purrgan', purrgan.__version__, 'from', purrgan.__file__)" || exit 2
+command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
+
+"$python" benchmarks/device.py --gpu-dir "$gpu_dir" --out "$out" --work "$work" --minutes "${MINUTES:-2.5}" $dry

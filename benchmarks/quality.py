@@ -82,11 +82,11 @@ def yardstick_path(epochs: int) -> Path:
     return CACHE / f"yardstick-cifar10-v1-e{epochs}.pt"
 
 
-def load_yardstick(epochs: int = 15) -> tuple[Yardstick, float]:
-    """Return the classifier (trained once and cached) and its CIFAR-10 test accuracy."""
+def load_yardstick(epochs: int = 15, path: Path | None = None) -> tuple[Yardstick, float]:
+    """Return the classifier (trained once and cached, or read from path) and its CIFAR-10 test accuracy."""
     from purrgan.data import load_images
 
-    path = yardstick_path(epochs)
+    path = path or yardstick_path(epochs)
     model = Yardstick()
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -203,7 +203,7 @@ def run_recipe(args, label: str, preset: str, sets: list[str], seed: int, real: 
             budget = (fraction - previous) * args.cpu_seconds
         if not (args.reuse and (run / "checkpoints" / "last.safetensors").exists() and index == 0):
             trained_s += train_segment(command, budget)
-        generator = load_generator(run)
+        generator = load_generator(run, device=args.device)
         fake = features(model, to_uint8(generator.sample(args.eval_num, seed=1234)))
         scores.append({"fraction": fraction, "step": generator.step, "fd": frechet(real, fake), "kid": kid(real, fake),
                        "ema": generator.uses_ema})
@@ -263,9 +263,13 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--yardstick-epochs", type=int, default=15,
                         help="epochs of the yardstick classifier (each count is cached apart; 15 take ~30 min on 2 cores)")
+    parser.add_argument("--yardstick", type=Path, help="a trained yardstick file to use (e.g. carried to a GPU machine)")
+    parser.add_argument("--device", default="cpu", help="where the generators draw the samples scored (cpu or cuda)")
     args = parser.parse_args()
 
-    needed = ([] if yardstick_path(args.yardstick_epochs).is_file() else [CIFAR]) + ([Path(args.data.split(":")[0])] if "/" in args.data else [])
+    yardstick = args.yardstick or yardstick_path(args.yardstick_epochs)
+    needed = ([yardstick] if args.yardstick else [] if yardstick.is_file() else [CIFAR]) + \
+        ([Path(args.data.split(":")[0])] if "/" in args.data else [])
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
         print(f"quality benchmark skipped: {', '.join(missing)} not found (it needs the shared data sets)")
@@ -273,7 +277,7 @@ def main() -> None:
     from purrgan.config import load_config
     from purrgan.data import load_images
 
-    model, accuracy = load_yardstick(args.yardstick_epochs)
+    model, accuracy = load_yardstick(args.yardstick_epochs, args.yardstick)
     recipes = [parse_recipe(r) for r in args.recipes]
     first = load_config(recipes[0][1]).data
     resolution, channels = (first.resolution, first.channels)
