@@ -40,14 +40,16 @@ def nearest(queries: torch.Tensor, support: torch.Tensor, k: int = 1, chunk: int
     return torch.cat(distances), torch.cat(indices)
 
 
-def memorisation(generated: torch.Tensor, training: torch.Tensor, embed=pixel_embedding, space: str = PIXELS,
-                 reference: int = 1000, seed: int = 0) -> dict:
+def memorisation(generated: torch.Tensor, training: torch.Tensor | None = None, embed=pixel_embedding,
+                 space: str = PIXELS, reference: int = 1000, seed: int = 0, support: torch.Tensor | None = None) -> dict:
     """Return the memorisation score of generated images against the training images (both uint8 or [-1, 1]).
 
+    support: the training images already embedded (N, D), instead of training (a large set, embedded in chunks).
     Also returned: the median distance from a sample to its nearest training image divided by the median
     real-to-real nearest distance (below 1: closer to the data than the data is to itself), and the counts.
     """
-    support = embed(training)
+    support = embed(training) if support is None else support
+    training = support
     fake_distance, _ = nearest(embed(generated), support)
     order = torch.randperm(len(training), generator=torch.Generator().manual_seed(seed))[:reference]
     real_distance = _nearest_other(support, order)  # each real image's nearest *other* training image
@@ -68,12 +70,3 @@ def _nearest_other(support: torch.Tensor, chosen: torch.Tensor, chunk: int = 256
         d[torch.arange(len(rows)), rows] = float("inf")
         out.append(d.min(dim=1).values)
     return torch.cat(out)
-
-
-def nearest_grid(generated: torch.Tensor, training: torch.Tensor, k: int = 3, embed=pixel_embedding) -> torch.Tensor:
-    """Return rows of [sample, its k nearest training images] as one batch in [-1, 1] for a grid of k + 1 columns."""
-    _, index = nearest(embed(generated), embed(training), k=k)
-    fake = generated.float() if generated.dtype != torch.uint8 else to_float(generated)
-    real = training if training.dtype != torch.uint8 else to_float(training)
-    rows = [torch.cat([fake[i:i + 1], real[index[i]]]) for i in range(len(generated))]
-    return torch.cat(rows)  # (N * (k + 1), C, H, W)

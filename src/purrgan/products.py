@@ -62,14 +62,20 @@ def check_memorisation(generator: TrainedGenerator, data, run_dir: Path, samples
                        most: int = 50_000) -> dict:
     """Write memorisation.json and samples/nearest.png (8 samples, each beside its 3 nearest training images)."""
     from .checkpoint import write_atomic
-    from .memorisation import memorisation, nearest_grid
+    from .memorisation import memorisation
 
-    # At most a fixed random part of a large set (stated in the result), gathered once: 50k images at 64x64 is 600 MB.
-    chosen = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:most] if len(data) > most else None
-    training = data.batch(chosen) if chosen is not None else data.images
+    from .data import to_float
+    from .memorisation import nearest, pixel_embedding
+
+    # At most a fixed random part of a large set (stated in the result), embedded in chunks: the set's pixels are
+    # never all in memory (50,000 images at 64x64 are 2.4 GB as floats), only their 16x16 embeddings (150 MB).
+    chosen = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:most]
+    support = torch.cat([pixel_embedding(images) for images in data.batches(chosen, size=1024)])
     fake = generator.sample(samples, seed=0)
-    result = memorisation(fake, training)
-    save_grid(nearest_grid(fake[:8], training, k=3), run_dir / "samples" / "nearest.png", nrow=4)
+    result = memorisation(fake, support=support)
+    _, index = nearest(pixel_embedding(fake[:8]), support, k=3)  # (8, 3) positions in chosen
+    rows = [torch.cat([fake[i:i + 1], to_float(data.batch(chosen[index[i]]))]) for i in range(len(index))]
+    save_grid(torch.cat(rows), run_dir / "samples" / "nearest.png", nrow=4)
     write_atomic(run_dir / "memorisation.json", json.dumps(result, indent=1).encode(), "nothing else was changed")
     return result
 
