@@ -47,6 +47,10 @@ def test_a_prepared_set_is_memory_mapped_not_loaded(tmp_path):
     assert len(data) == 24576 and batch.shape == (512, 3, 64, 64)
     assert grown < 60, f"reading a 302 MB prepared set took {grown:.0f} MB of process memory"
     torch.testing.assert_close(data.batch(torch.tensor([2048 * 5 + 7])), torch.from_numpy(block[7:8]), rtol=0, atol=0)
+    # Mapped read-only and shared: a private writable map is charged against memory by the kernel, which refuses one
+    # larger than RAM + swap ("Cannot allocate memory", as safetensors' own safe_open did on a 26 GiB file).
+    maps = [line.split() for line in open("/proc/self/maps") if line.rstrip().endswith(str(path))]
+    assert maps and all("w" not in fields[1] for fields in maps), maps
 
 
 def _prepared(path):

@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--out", metavar="FILE", help="where to write the prepared .safetensors (default: the cache)")
             sub.add_argument("--force", action="store_true", help="prepare again even when an up-to-date file exists")
             sub.add_argument("--workers", type=int, metavar="N",
-                             help="decoding processes (default: every core for more than 2,000 files)")
+                             help="decoding processes (default: every core but one, for more than 2,000 files)")
         if action == "show":
             sub.add_argument("--num", type=int, default=64, help="number of images (default 64)")
             sub.add_argument("--out", default="real.png", help="grid PNG to write (default real.png)")

@@ -17,12 +17,12 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 
 from .. import __version__
 from ..checkpoint import write_atomic
@@ -99,20 +99,35 @@ def read_prepared(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     metadata = header.get("__metadata__") or {}
     if metadata.get("format") not in READABLE:
         raise PurrganError(f"{path} is not a purrgan prepared data file")
-    entry = header.get("images")
     try:
-        shape = tuple(int(n) for n in entry["shape"])
-        begin, end = (int(n) for n in entry["data_offsets"])
-        if entry["dtype"] != "U8" or len(shape) != 4 or end - begin != int(np.prod(shape)) or not all(shape):
-            raise ValueError("images are not a non-empty (N, C, H, W) uint8 array")
-        if data_start + end > path.stat().st_size:
-            raise ValueError("the file is shorter than its header says (cut off?)")
-        pixels = np.memmap(path, dtype=np.uint8, mode="c", offset=data_start + begin, shape=shape)  # copy-on-write: never written
-        with safe_open(str(path), framework="pt") as handle:
-            labels = handle.get_tensor("labels") if "labels" in handle.keys() else None
-    except (TypeError, KeyError, ValueError, SafetensorError, OSError) as error:
+        pixels = _mapped(path, header, "images", data_start, "U8", np.uint8)
+        if pixels.ndim != 4 or not all(pixels.shape):
+            raise ValueError("images are not a non-empty (N, C, H, W) array")
+        labels = _mapped(path, header, "labels", data_start, "I64", np.dtype("<i8")) if "labels" in header else None
+        labels = torch.from_numpy(np.array(labels)) if labels is not None else None  # small: read into memory
+    except (TypeError, KeyError, ValueError, OSError) as error:
         raise PurrganError(f"{path} is not a readable prepared data file ({error}); delete it to prepare again") from None
-    return torch.from_numpy(pixels), labels, _decode_info(path, metadata)
+    with warnings.catch_warnings():  # a read-only map: nothing ever writes into a data set's pixels
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        images = torch.from_numpy(pixels)
+    return images, labels, _decode_info(path, metadata)
+
+
+def _mapped(path: Path, header: dict, name: str, data_start: int, dtype: str, numpy_dtype) -> np.memmap:
+    """Return one tensor of a safetensors file as a read-only memory map.
+
+    Read-only and shared, never copy-on-write: a private writable map of a file larger than the
+    machine's memory is refused by the kernel's overcommit check (as safetensors' own safe_open
+    is, for the whole file), while a read-only one costs nothing until its pages are read.
+    """
+    entry = header[name]
+    shape = tuple(int(n) for n in entry["shape"])
+    begin, end = (int(n) for n in entry["data_offsets"])
+    if entry["dtype"] != dtype or end - begin != int(np.prod(shape)) * np.dtype(numpy_dtype).itemsize:
+        raise ValueError(f"{name} is not the {dtype} array its header describes")
+    if data_start + end > path.stat().st_size:
+        raise ValueError("the file is shorter than its header says (cut off?)")
+    return np.memmap(path, dtype=numpy_dtype, mode="r", offset=data_start + begin, shape=shape)
 
 
 def _header(path: Path) -> tuple[dict, int]:
@@ -342,9 +357,12 @@ def _exclusive(path: Path):
     except ImportError:  # pragma: no cover - Windows: no lock; write_atomic still keeps the file whole
         yield
         return
-    lock = path.with_name(f".{path.name}.lock")
+    # The lock lives in the cache, not beside a file the user named (removing a lock file after use would race).
+    name = hashlib.sha1(str(path.resolve()).encode("utf-8", "backslashreplace")).hexdigest()[:16]
+    lock = cache_dir() / "locks" / f"prepare-{name}.lock"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        lock.parent.mkdir(parents=True, exist_ok=True)
         handle = open(lock, "a+")
     except OSError as error:
         raise PurrganError(f"cannot prepare into {path.parent}: {error.strerror or error}") from None
@@ -354,12 +372,8 @@ def _exclusive(path: Path):
 
 
 def read_metadata(path: Path) -> dict:
-    """Return the provenance metadata of a prepared file without reading its images."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError) as error:
-        raise PurrganError(f"{path} is not a readable prepared data file ({error})") from None
+    """Return the provenance metadata of a prepared file without reading (or mapping) its images."""
+    metadata = _header(path)[0].get("__metadata__") or {}
     if metadata.get("format") not in READABLE:
         raise PurrganError(f"{path} is not a purrgan prepared data file")
     return _decode_info(path, metadata)
