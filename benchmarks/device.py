@@ -82,7 +82,7 @@ def measure_training(part: Part, args, source: str) -> dict:
     from purrgan.device import resolve_device, tune_backends
     from purrgan.dist import Distributed
     from purrgan.state import TrainState
-    from purrgan.train import prepare_config, real_images_per_step, train_step, warm_up_compiled
+    from purrgan.loop import prepare_config, real_images_per_step, train_step, warm_up_compiled
 
     config = _config(part, args, source)
     device = resolve_device(config.train.device)

@@ -178,7 +178,7 @@ def run_step(args, folder: Path, compile: bool = False) -> dict:
     from purrgan.data import load_images
     from purrgan.dist import Distributed
     from purrgan.state import TrainState
-    from purrgan.train import settle_precision, train_step
+    from purrgan.loop import settle_precision, train_step
 
     config = _config(args, folder, **({"train.compile": "true"} if compile else {}), **({"train.amp": args.amp} if args.amp else {}))
     data = load_images(config.data.source, config.data.resolution, config.data.channels)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from purrgan.config import load_config
-from purrgan.train import train
+from purrgan.loop import train
 
 TINY = {
     "model.g_width": "8", "model.d_width": "8", "model.z_dim": "16",

@@ -96,7 +96,7 @@ def test_ada_applies_each_operation_with_probability_p():
 def test_ada_p_rises_when_d_memorises_a_tiny_set_and_is_logged(tmp_path):
     from conftest import tiny_config
     from purrgan.monitor import read_metrics
-    from purrgan.train import train
+    from purrgan.loop import train
 
     run = tmp_path / "run"
     train(tiny_config(data__classes="0", train__batch_size="16", train__steps="150", optim__lr_d="1e-3",
@@ -110,7 +110,7 @@ def test_resume_with_ada_is_bit_exact(tmp_path):
     from safetensors.torch import load_file
 
     from conftest import tiny_config
-    from purrgan.train import train
+    from purrgan.loop import train
 
     settings = dict(augment__adaptive="true", augment__ada_kimg="1", train__checkpoint_every="1000")
     train(tiny_config(train__steps=40, **settings), tmp_path / "whole")

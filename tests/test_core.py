@@ -19,7 +19,7 @@ from purrgan.errors import PurrganError
 from purrgan.gif import frames
 from purrgan.monitor import read_metrics
 from purrgan.state import TrainState, check_config
-from purrgan.train import train, train_step
+from purrgan.loop import train, train_step
 
 DATA = Path(__file__).parent / "data"
 
@@ -136,7 +136,7 @@ def test_a_checkpoint_written_by_purrgan_0_1_0_samples_and_resumes(tmp_path):
 def test_amp_auto_on_the_cpu_is_measured_once_recorded_and_kept_on_resume(tmp_path, caplog, monkeypatch):
     import logging
 
-    monkeypatch.setattr("purrgan.train.cpu_has_native_bf16", lambda: True)  # measure, whatever this CPU is
+    monkeypatch.setattr("purrgan.loop.cpu_has_native_bf16", lambda: True)  # measure, whatever this CPU is
     run = tmp_path / "run"
     with caplog.at_level(logging.INFO):
         train(tiny_config(train__steps=5, train__amp="auto"), run)
@@ -153,7 +153,7 @@ def test_amp_auto_on_the_cpu_is_measured_once_recorded_and_kept_on_resume(tmp_pa
 def test_amp_auto_without_native_bf16_trains_in_float32_without_measuring(tmp_path, caplog, monkeypatch):
     import logging
 
-    import purrgan.train as loop
+    import purrgan.loop as loop
 
     monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(loop, "_time_steps_both_ways", lambda *a: pytest.fail("measured on a CPU without bf16"))
@@ -166,7 +166,7 @@ def test_amp_auto_without_native_bf16_trains_in_float32_without_measuring(tmp_pa
 def test_amp_auto_stops_timing_a_bf16_that_has_already_lost(tmp_path, caplog, monkeypatch):
     import logging
 
-    import purrgan.train as loop
+    import purrgan.loop as loop
 
     real_step, bf16_steps = loop.train_step, []
 

@@ -7,7 +7,7 @@ from conftest import tiny_config
 from purrgan.data import load_images
 from purrgan.dist import Distributed
 from purrgan.state import TrainState
-from purrgan.train import train_step, warm_up_compiled
+from purrgan.loop import train_step, warm_up_compiled
 
 
 @pytest.fixture

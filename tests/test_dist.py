@@ -19,7 +19,7 @@ from purrgan import checkpoint
 from purrgan.dist import Distributed, PeerLost
 from purrgan.errors import PurrganError, ReportedElsewhere
 from purrgan.monitor import read_metrics
-from purrgan.train import check_in_step
+from purrgan.loop import check_in_step
 
 TESTS = Path(__file__).parent
 

@@ -23,7 +23,7 @@ from purrgan import load_generator
 from purrgan.cli import main
 from purrgan.errors import PurrganError
 from purrgan.monitor import read_metrics
-from purrgan.train import train
+from purrgan.loop import train
 
 STANDIN = "standin_features:make"
 SMALL = ["--set", "model.g_width=8", "--set", "model.d_width=8", "--batch-size", "32", "--set", "train.amp=off",

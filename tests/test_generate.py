@@ -10,7 +10,7 @@ from purrgan import load_generator, to_pil
 from purrgan.cli import main
 from purrgan.export import export
 from purrgan.generate import interpolate, slerp
-from purrgan.train import train
+from purrgan.loop import train
 
 
 def test_model_card_is_written_into_the_run(trained_run):

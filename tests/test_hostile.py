@@ -29,7 +29,7 @@ from purrgan.data import archives
 from purrgan.errors import PurrganError
 from purrgan.gif import frames
 from purrgan.monitor import read_metrics
-from purrgan.train import train
+from purrgan.loop import train
 
 CLI_TINY = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")] + ["--quiet", "--logger", "none"]
 

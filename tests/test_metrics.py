@@ -17,7 +17,7 @@ from purrgan.metrics.fid import frechet_distance, gaussian_statistics
 from purrgan.metrics.inception_score import inception_score
 from purrgan.metrics.kid import kid
 from purrgan.metrics.precision_recall import precision_recall
-from purrgan.train import train
+from purrgan.loop import train
 
 STANDIN = "standin_features:make"
 

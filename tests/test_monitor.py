@@ -18,7 +18,7 @@ from purrgan.errors import PurrganError
 from purrgan.gif import append_frame, captioned
 from purrgan.health import HealthMonitor, TrainingDiverged
 from purrgan.monitor import read_metrics
-from purrgan.train import train
+from purrgan.loop import train
 
 
 def _warnings(run):
@@ -139,7 +139,7 @@ def test_blank_and_collapse_warnings_from_the_samples(kind, make, tmp_path, monk
         calls.append(1)
         return make(z, len(calls) - 1)
 
-    monkeypatch.setattr("purrgan.train.sample_fixed", sampler)
+    monkeypatch.setattr("purrgan.loop.sample_fixed", sampler)
     run = tmp_path / "run"
     train(tiny_config(train__steps=60, train__sample_every=20), run)
     assert [w["kind"] for w in _warnings(run)] == [kind]

@@ -10,7 +10,7 @@ from purrgan import load_generator
 from purrgan.cli import main
 from purrgan.config import load_config, preset_names
 from purrgan.monitor import read_metrics
-from purrgan.train import train
+from purrgan.loop import train
 
 LOSS_RECIPES = {
     "bce": {},

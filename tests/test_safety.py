@@ -23,7 +23,7 @@ from purrgan.data import load_images
 from purrgan.data.images import decode_image
 from purrgan.errors import PurrganError
 from purrgan.monitor import read_metrics
-from purrgan.train import train
+from purrgan.loop import train
 
 STEPS = 200  # long enough that a kill 0.3-1.5 s after the first checkpoint lands mid-run
 CLI_TINY = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]

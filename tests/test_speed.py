@@ -15,7 +15,7 @@ from purrgan import checkpoint
 from purrgan.data import load_images, to_float
 from purrgan.data.loader import DeviceLoader
 from purrgan.monitor import read_metrics
-from purrgan.train import train
+from purrgan.loop import train
 
 
 def test_streaming_loader_yields_the_same_batches_as_the_device_loader():

@@ -9,7 +9,7 @@ from purrgan.data import load_images
 from purrgan.dist import Distributed
 from purrgan.errors import PurrganError
 from purrgan.state import TrainState, check_config
-from purrgan.train import train_step
+from purrgan.loop import train_step
 
 
 def _layout_mismatches(state: TrainState) -> list[str]:

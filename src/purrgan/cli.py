@@ -213,7 +213,7 @@ def _train(args: argparse.Namespace) -> int:
         raise PurrganError(f"--max-minutes must be positive, got {args.max_minutes}")
 
     from .config import DEFAULT_PRESET, load_config
-    from .train import train
+    from .loop import train
 
     overrides = _overrides(args)
     out = Path(args.out) if args.out else Path("runs") / (args.preset or (Path(args.config).stem if args.config else DEFAULT_PRESET))

@@ -11,7 +11,7 @@ from conftest import tiny_config
 from purrgan import load_generator
 from purrgan.errors import PurrganError
 from purrgan.monitor import read_metrics
-from purrgan.train import train, train_step
+from purrgan.loop import train, train_step
 
 
 def test_short_training_run_learns_and_leaves_every_file(trained_run):
