@@ -1,4 +1,4 @@
-"""The training loop: one step function, and a loop of periodic events (log, sample, evaluate, checkpoint, roll back).
+"""The training loop: one step function, and a loop of periodic events (log, sample, evaluate, checkpoint, roll back)."""
 
 from __future__ import annotations
 
