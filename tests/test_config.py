@@ -1,6 +1,7 @@
 import pytest
 
-from purrgan.config import DEFAULT_PRESET, from_dict, load_config, parse_toml, preset_names, preset_summary, to_toml
+from purrgan.config import (DEFAULT_PRESET, from_dict, load_config, parse_toml, preset_names, preset_summary, set_value,
+                            to_toml)
 from purrgan.errors import PurrganError
 from purrgan.state import check_config
 
@@ -50,7 +51,8 @@ def test_unknown_preset_lists_valid_names():
 
 
 def test_toml_round_trip_and_syntax_error_line(tmp_path):
-    config = load_config(overrides={"train.steps": "11", "data.source": 'C:\\my "cats"'})
+    # set_value, not load_config: a source that does not exist here would be refused when the config is completed
+    config = set_value(load_config(overrides={"train.steps": "11"}), "data.source", 'C:\\my "cats"')
     assert from_dict(parse_toml(to_toml(config), "x")) == config
     bad = tmp_path / "bad.toml"
     bad.write_text("[train]\nsteps = 5\nbatch_size = = 3\n")

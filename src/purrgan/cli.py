@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -173,95 +172,36 @@ def _rank() -> int:
     return int(rank) if rank.isdigit() else 0
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, object]:
+def _train_config(args: argparse.Namespace):
+    """Return (Config, run folder) of a `purrgan train` command line: purrgan.api.run_config, as purrgan.train() does."""
+    from .api import OPTIONS, run_config
+
     overrides: dict[str, object] = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise PurrganError(f"--set needs SECTION.KEY=VALUE, got '{item}'")
         overrides[key.strip()] = value.strip()
-    named = {"data.source": args.data, "train.steps": args.steps, "train.epochs": args.epochs,
-             "train.batch_size": args.batch_size, "train.seed": args.seed, "train.device": args.device,
-             "train.logger": args.logger, "train.eval_every": args.eval_every, "train.eval_num": args.eval_num,
-             "train.inception_weights": args.inception_weights, "train.max_minutes": args.max_minutes}
-    overrides.update({k: v for k, v in named.items() if v is not None})
-    if args.data is not None and not args.resume:
-        # The default preset is 32x32 gray digits: another source keeps its own size and colour unless set,
-        # and a prepared file always does (it holds one size). The run is then described by its real data.
-        from .data.prepare import is_prepared_file
-        from .data.sources import native_shape, parse_source
-
-        spec = parse_source(args.data)
-        if (not args.preset and not args.config) or (spec.path is not None and is_prepared_file(spec.path)):
-            resolution, channels, _ = native_shape(spec)
-            overrides.setdefault("data.resolution", str(resolution))
-            overrides.setdefault("data.channels", str(channels))
-        overrides["description"] = ""
-    if args.steps is not None:
-        overrides["train.epochs"] = 0  # --steps wins over a preset's epochs
-    return overrides
+    return run_config(args.preset, args.config, args.out, args.resume, overrides,
+                      spell=lambda name: "--" + name.replace("_", "-"), **{name: getattr(args, name) for name in OPTIONS})
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    for flag, value in (("--steps", args.steps), ("--epochs", args.epochs), ("--batch-size", args.batch_size),
-                        ("--eval-num", args.eval_num)):
-        if value is not None and value <= 0:
-            raise PurrganError(f"{flag} must be positive, got {value}")
-    if args.max_minutes is not None and not args.max_minutes > 0:
-        raise PurrganError(f"--max-minutes must be positive, got {args.max_minutes}")
-
-    from .config import DEFAULT_PRESET, load_config
+    from .api import PhaseBars, ProgressBar, bar_safe_logging, stop_on_signals
     from .loop import train
 
-    overrides = _overrides(args)
-    out = Path(args.out) if args.out else Path("runs") / (args.preset or (Path(args.config).stem if args.config else DEFAULT_PRESET))
-    if args.resume and not args.preset and not args.config:
-        if not (out / "config.toml").is_file():
-            raise PurrganError(f"nothing to resume in {out}: it has no config.toml; train there first without --resume")
-        config = load_config(config_file=out / "config.toml", overrides=overrides)
-    else:
-        config = load_config(args.preset, args.config, overrides)
-
-    bar, shown = None, None  # the bar appears with the first step, so a failure before training prints only its message
-
-    def progress(step: int, total: int, row: dict[str, float] | None, finished: bool = False) -> None:
-        nonlocal bar, shown
-        if args.quiet or _rank() != 0:  # under torchrun only rank 0 talks
-            return
-        if bar is None:  # starts at the step training continues from: rate and ETA count this session's steps only
-            bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, desc="train")
-        bar.update(step - bar.n)
-        if row is not None and row is not shown:
-            shown = row
-            bar.set_postfix_str(f"D {row['d_loss']:.3f}  G {row['g_loss']:.3f}  D(x) {row.get('d_real', 0):.2f}  "
-                                f"D(G(z)) {row.get('d_fake', 0):.2f}  {row['images_per_s']:.0f} img/s", refresh=False)
-        if finished:
-            bar.close()
-
+    config, out = _train_config(args)
+    quiet = args.quiet or _rank() != 0  # under torchrun only rank 0 talks
+    bar = ProgressBar(config.train.max_minutes, enabled=not quiet)  # appears with the first step
     stop = threading.Event()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def request_stop(signum, frame):
-        if stop.is_set():  # a second Ctrl-C: stop now, the last checkpoint stays
-            raise KeyboardInterrupt
-        stop.set()
-        log.info("%s received: finishing this step and writing a checkpoint (press Ctrl-C again to quit at once)",
-                 signal.Signals(signum).name)
-
-    for sig in previous:
-        signal.signal(sig, request_stop)
     try:
-        result = train(config, out, resume=args.resume, on_progress=progress, stop=stop, on_phase=_phase_bars(args.quiet))
+        with stop_on_signals(stop, log.info), bar_safe_logging():
+            result = train(config, out, resume=args.resume, on_progress=bar, stop=stop, on_phase=PhaseBars(not quiet))
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if bar is not None:
-            bar.close()
+        bar.close()
     if result.stopped:
-        log.info("stopped at step %d of %d with a checkpoint; continue with: purrgan train --out %s --resume",
-                 result.steps, result.total_steps, out)
+        log.info("stopped at step %d of %d with a checkpoint; continue with: purrgan train --out %s --resume (to the "
+                 "end; add --max-minutes M to train M minutes more)", result.steps, result.total_steps, out)
         return 0
     log.info("done after %d steps: samples %s, checkpoint %s", result.steps, result.final_grid, result.checkpoint)
     return 0
@@ -389,27 +329,10 @@ def _presets() -> int:
     return 0
 
 
-def _phase_bars(quiet: bool = False):
-    """Return on_phase(what, done, total): a progress bar (files/s and time left) per long phase, gone when it ends."""
-    bars = {}
-
-    def update(what: str, done: int, total: int) -> None:
-        from tqdm import tqdm
-
-        if quiet or _rank() != 0:
-            return
-        if what not in bars:
-            if done >= total:
-                return  # nothing to wait for: an up-to-date cache, say
-            bars[what] = tqdm(total=total, initial=done, desc=what, unit="file", dynamic_ncols=True, leave=False)
-        bars[what].update(done - bars[what].n)
-        if done >= total:
-            bars.pop(what).close()
-    return update
-
-
 def _data(args: argparse.Namespace) -> int:
-    phase = _phase_bars()
+    from .api import PhaseBars
+
+    phase = PhaseBars(_rank() == 0)
     from .data import load_images
     from .data.download import cache_dir
     from .data.sources import SOURCES, native_shape, parse_source, verify_download

@@ -196,7 +196,8 @@ def preset_summary(name: str) -> str:
 
 def load_config(preset: str | None = None, config_file: str | Path | None = None,
                 overrides: dict[str, Any] | None = None) -> Config:
-    """Return the validated Config for a preset (or a TOML file) with dotted-key overrides applied.
+    """Return the validated Config for a preset (or a TOML file) with dotted-key overrides applied, completed by
+    what its data decides (complete()): `purrgan train` and purrgan.train() both build their run here.
 
     Names that registries own (model.arch, loss.name) are checked by `purrgan.state.check_config`.
     """
@@ -208,10 +209,36 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
         name = preset or DEFAULT_PRESET
         raw = parse_toml(preset_text(name), f"preset {name}")
     config = from_dict(raw)
-    for key, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    for key, value in overrides.items():
         config = set_value(config, key, value)
+    config = complete(config, set(overrides), default_preset=not preset and not config_file)
     validate(config)
     return config
+
+
+def complete(config: Config, overridden: set[str], default_preset: bool) -> Config:
+    """Return config completed by the choices its overrides imply.
+
+    - A data source given to the default preset (32x32 gray digits) keeps its own size and colour,
+      and a prepared file always does (it holds one size), unless data.resolution or data.channels
+      is set too; the run is then described by its real data.
+    - train.steps given without train.epochs wins over a preset's epochs.
+    """
+    if "train.steps" in overridden and "train.epochs" not in overridden:
+        config = replace(config, train=replace(config.train, epochs=0))
+    if "data.source" not in overridden:
+        return config
+    from .data.prepare import is_prepared_file
+    from .data.sources import native_shape, parse_source
+
+    spec = parse_source(config.data.source)
+    if default_preset or (spec.path is not None and is_prepared_file(spec.path)):
+        resolution, channels, _ = native_shape(spec)
+        config = replace(config, data=replace(
+            config.data, resolution=config.data.resolution if "data.resolution" in overridden else resolution,
+            channels=config.data.channels if "data.channels" in overridden else channels))
+    return config if "description" in overridden else replace(config, description="")
 
 
 def read_text(path: Path, what: str) -> str:
