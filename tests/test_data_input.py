@@ -152,3 +152,49 @@ def test_an_unreadable_file_is_named_plainly_and_counted_once(tmp_path, caplog):
         load_images(str(folder), 32, 3)
     warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(warnings) == 1 and "bad.png: not a readable image" in warnings[0] and "BytesIO" not in warnings[0]
+
+
+def test_split_folders_beside_other_folders_are_refused_and_the_first_line_says_how_splits_were_read(tmp_path, capsys, caplog):
+    # train/ and test/ beside cats/ trained on "3 classes: cats, test, train": the test set mixed in, silently.
+    folder = _cifar_like(tmp_path / "data")
+    (folder / "cats").mkdir()
+    for i in range(4):
+        (folder / "cats" / f"{i}.png").write_bytes(_png(seed=50 + i))
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "run"), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "holds split folders (test/, train/) beside other folders (cats/)" in err and ":split=none" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    everything = load_images(f"{folder}:split=none", 32, 3)  # asked for: every top folder is a class
+    assert everything.class_names == ["cats", "test", "train"] and len(everything) == 4 + 6 + 4
+    with caplog.at_level(logging.INFO):
+        assert main(["train", "--data", str(tmp_path / "data" / "train"), "--out", str(tmp_path / "ok"), *SMALL]) == 0
+    split_only = _cifar_like(tmp_path / "splits")
+    with caplog.at_level(logging.INFO):
+        assert main(["train", "--data", str(split_only), "--out", str(tmp_path / "run2"), *SMALL]) == 0
+    assert "(the train/ folder (test/ left out: :split=NAME or :split=all to choose)): 6 images in 2 classes" in caplog.text
+
+
+def test_a_train_and_val_layout_is_read_as_splits_too(tmp_path):
+    folder = tmp_path / "pets"
+    for split, count in (("train", 3), ("valid", 2)):
+        for name in ("cat", "dog"):
+            (folder / split / name).mkdir(parents=True)
+            for i in range(count):
+                (folder / split / name / f"{i}.png").write_bytes(_png(seed=hash((split, name, i)) % 1000))
+    train = load_images(str(folder), 32, 3)
+    assert train.class_names == ["cat", "dog"] and len(train) == 6 and "valid" not in train.class_names
+    assert len(load_images(f"{folder}:split=val", 32, 3)) == 4
+    with pytest.raises(PurrganError, match=r"has no test/ folder \(it has train/, val/\); add :split=train or :split=all"):
+        load_images(f"{folder}:split=test", 32, 3)
+
+
+def test_data_prepare_with_classes_keeps_only_those_classes(tmp_path, capsys):
+    from purrgan.data.prepare import read_prepared
+
+    folder = _cifar_like(tmp_path / "cifar", classes=("cat", "dog", "frog"))
+    out = tmp_path / "dogs.safetensors"
+    assert main(["data", "prepare", f"{folder}:classes=dog", "--out", str(out)]) == 0
+    images, labels, info = read_prepared(out)
+    assert len(images) == 3 and info["class_names"] == ["dog"] and labels.tolist() == [0, 0, 0]
+    assert main(["data", "prepare", f"{folder}:classes=fox", "--out", str(tmp_path / "fox.safetensors")]) == 2
+    assert "unknown class 'fox'" in capsys.readouterr().err and not (tmp_path / "fox.safetensors").exists()

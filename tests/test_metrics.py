@@ -194,3 +194,28 @@ def test_streamed_feature_statistics_equal_torch_fidelitys_over_all_images():
     assert int(result["count"]) == 3000
     np.testing.assert_array_equal(result["features"], features[:1000].numpy())  # the first rows, for KID and P/R
     np.testing.assert_array_equal(result["logits"], features[:1000, :5].numpy())
+
+
+def test_a_feature_extractor_may_return_a_plain_tensor_and_anything_else_is_one_line(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from PIL import Image
+
+    from purrgan.metrics.evaluate import evaluate_paths
+    from purrgan.metrics.features import load_extractor
+
+    module = types.ModuleType("my_features")
+    module.pooled = lambda: (lambda images: torch.nn.functional.adaptive_avg_pool2d(images.float(), 4).flatten(1))
+    module.text = lambda: (lambda images: "not features")
+    module.broken = lambda: (lambda images: 1 / 0)
+    monkeypatch.setitem(sys.modules, "my_features", module)
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    results = evaluate_paths(str(folder), str(folder), ["fid", "kid"], load_extractor("my_features:pooled"))
+    assert results["fid"] < 1e-6  # a set against itself, through a plain (N, 48) tensor
+    for name, says in (("text", "returned str; return a \\(N, D\\) tensor"), ("broken", "failed on uint8 images .*ZeroDivisionError")):
+        with pytest.raises(PurrganError, match=says):
+            evaluate_paths(str(folder), str(folder), ["fid"], load_extractor(f"my_features:{name}"))

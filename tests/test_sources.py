@@ -337,3 +337,15 @@ def test_data_commands(tmp_path, capsys):
     assert read_prepared(out_file)[0].shape == (100, 3, 64, 64)
     assert main(["data", "info", "digits"]) == 0 and "1797" in capsys.readouterr().out
     assert main(["data", "info", "nonsense-set"]) == 2
+
+
+def test_data_prepare_keeps_only_the_asked_classes_of_a_named_set(tmp_path):
+    from purrgan.cli import main
+
+    archive = make_cifar(tmp_path / "cifar-10-python.tar.gz")
+    out = tmp_path / "dogs.safetensors"
+    assert main(["data", "prepare", f"cifar10:path={archive}:classes=dog", "--out", str(out)]) == 0
+    images, labels, info = read_prepared(out)
+    whole = load_images(f"cifar10:path={archive}", 32, 3)
+    assert info["class_names"] == ["dog"] and set(labels.tolist()) == {0}
+    assert len(images) == int((whole.labels == whole.class_names.index("dog")).sum()) < len(whole)

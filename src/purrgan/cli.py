@@ -350,13 +350,21 @@ def _data(args: argparse.Namespace) -> int:
     size, channels, _ = native_shape(spec)
     size, channels = args.size or size, args.channels or channels
     if args.data_command == "prepare":
-        from .data.prepare import prepare
+        from .data.prepare import prepare, read_metadata
 
         if args.workers is not None and not 1 <= args.workers <= 1024:
             raise PurrganError("--workers must be between 1 and 1024")
-        path = prepare(spec, size, channels, Path(args.out) if args.out else None, force=args.force, workers=args.workers,
-                       progress=lambda done, total: phase("preparing", done, total))
-        log.info("prepared file: %s", path)
+        from dataclasses import replace
+
+        from .data import parse_names
+
+        classes = parse_names(spec.options.get("classes", ""))  # the file holds only these classes, relabelled 0..K-1
+        whole = replace(spec, options={k: v for k, v in spec.options.items() if k != "classes"})
+        path = prepare(whole, size, channels, Path(args.out) if args.out else None, force=args.force,
+                       workers=args.workers, progress=lambda done, total: phase("preparing", done, total), classes=classes)
+        info = read_metadata(path)
+        kept = f" of {', '.join(info['class_names'])}" if classes else ""
+        log.info("prepared file: %s (%s images%s at %sx%s)", path, f"{info['count']:,}", kept, size, size)
         return 0
     data = load_images(args.source, size, channels, progress=lambda done, total: phase("preparing", done, total))
     if args.data_command == "info":

@@ -95,6 +95,7 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     log_every: int = 25  # steps between metrics rows (and the only host-device syncs)
     sample_every: int = 250  # steps between fixed-noise grids
+    sample_seconds: float = 60.0  # ... and at most this many seconds of training between them (0 = steps only)
     checkpoint_every: int = 500  # steps between rewrites of checkpoints/last
     epoch_checkpoints: bool = False  # also keep the generator of every epoch (checkpoints/epoch-NNNN.safetensors)
     num_samples: int = 64  # images in each fixed-noise grid
@@ -143,7 +144,8 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {("train", "steps"), ("train", "epochs"), ("train", "batch_per_device"), ("train", "seed"), ("model", "num_classes"),
                  ("loss", "gp_weight"), ("loss", "r1_gamma"), ("loss", "r2_gamma"), ("augment", "instance_noise"),
-                 ("train", "ema_start"), ("train", "nan_retries"), ("train", "eval_every"), ("train", "max_minutes")}
+                 ("train", "ema_start"), ("train", "nan_retries"), ("train", "eval_every"), ("train", "max_minutes"),
+                 ("train", "sample_seconds")}
 _FRACTIONS = {("loss", "label_smoothing"), ("train", "ema"), ("train", "ema_rampup"), ("data", "val_fraction"), ("optim", "beta1"),
               ("optim", "beta2"), ("augment", "ada_target")}  # in [0, 1)
 _LIMITS = {  # upper bounds that keep values meaningful (and inside what torch accepts)

@@ -42,6 +42,7 @@ class HealthMonitor:
         self.collapse_fraction, self.blank_std = collapse_fraction, blank_std
         self.recent: deque[dict] = deque(maxlen=window)
         self.raised: set[str] = set()
+        self.checked = False  # whether any check has looked yet (none does before the warm-up and a full window)
         self.best_spread = 0.0  # the most diverse the fixed-noise samples have been
 
     def check_losses(self, step: int, row: dict[str, float]) -> list[HealthWarning]:
@@ -53,7 +54,10 @@ class HealthMonitor:
                 f"Lower the learning rates (e.g. --set optim.lr_d=1e-4 --set optim.lr_g=1e-4), "
                 f"or resume from the last good checkpoint with --resume")
         self.recent.append(row)
-        if step < self.warmup or len(self.recent) < self.window or "d_wins" in self.raised:
+        if step < self.warmup or len(self.recent) < self.window:
+            return []
+        self.checked = True
+        if "d_wins" in self.raised:
             return []
         if self.loss_name in PROBABILITY_LOSSES:
             d_real = sum(r["d_real"] for r in self.recent) / len(self.recent)
@@ -82,6 +86,7 @@ class HealthMonitor:
         self.best_spread = max(self.best_spread, distance)
         if step < self.warmup:
             return []
+        self.checked = True
         warnings = []
         spread = float(samples.float().std())
         if spread < self.blank_std and "blank" not in self.raised:

@@ -244,7 +244,8 @@ def describe(config: Config, data: ImageSet, total_steps: int) -> str:
                                          f" in {len(data.class_names)} classes" if data.class_names else "")
     dropped = [f"{n:,} {what}" for n, what in ((data.skipped, "unreadable skipped"), (data.duplicates, "duplicates dropped")) if n]
     length = f"{total_steps:,} steps" + (f" ({config.train.epochs} epochs)" if config.train.epochs else "")
-    return (f"training {config.model.arch} with the {config.loss.name} loss on {config.data.source}: {counts}"
+    source = config.data.source + (f" ({data.layout})" if data.layout else "")
+    return (f"training {config.model.arch} with the {config.loss.name} loss on {source}: {counts}"
             f"{' (' + ', '.join(dropped) + ')' if dropped else ''} at {size}, flips {config.data.hflip}; {length} "
             f"of batch {config.train.batch_size}")
 
@@ -405,11 +406,22 @@ def run_loop(state: TrainState, run_dir: Path, monitor, evaluator, on_progress: 
     """Step until done or asked to stop; after each step run the events that are due; roll back on NaN/Inf."""
     config, total, dist = state.config, state.total_steps, state.dist
     z_fixed, labels_fixed = fixed_noise(config, state.device)
-    clock = {"start": time.perf_counter(), "last": time.perf_counter(), "seen": 0, "row": None}
-    rollbacks = 0
+    clock = {"start": time.perf_counter(), "last": time.perf_counter(), "seen": 0, "row": None,
+             "grid": time.perf_counter(), "grid_step": -1}
+    rollbacks, before = 0, float(state.extra.get("training_seconds", 0.0))  # earlier sessions' training time
+    state.extra["sessions"] = int(state.extra.get("sessions", 0)) + 1
 
     def due(every: int) -> bool:
         return every > 0 and (state.step % every == 0 or state.step == total)
+
+    def grid_due() -> bool:  # every sample_every steps, and at least every sample_seconds: a slow CPU run shows its progress
+        late = 0 < config.train.sample_seconds <= time.perf_counter() - clock["grid"]
+        return dist.is_main and (state.step % config.train.sample_every == 0 or late)
+
+    def checkpoint_now() -> None:
+        state.extra["training_seconds"] = before + time.perf_counter() - clock["start"]
+        save(state, run_dir)
+        monitor.checkpointed()
 
     def stop_requested() -> bool:  # with several ranks they agree at log steps, so that all stop at the same step
         out_of_time = 0 < config.train.max_minutes * 60 <= time.perf_counter() - clock["start"]
@@ -428,13 +440,13 @@ def run_loop(state: TrainState, run_dir: Path, monitor, evaluator, on_progress: 
             clock["seen"] += real_images_per_step(config)
             if log_now:  # the only host-device sync: every log_every steps
                 clock["row"] = log_stats(state, stats, monitor, clock)
-            if dist.is_main and state.step % config.train.sample_every == 0:
+            if grid_due():
                 monitor.samples(state.step, sample_fixed(state.sampler, z_fixed, labels_fixed))
+                clock["grid"], clock["grid_step"] = time.perf_counter(), state.step
             if config.train.eval_every and due(config.train.eval_every):  # rank 0 evaluates; the others wait
                 state.best_fid = dist.on_main(lambda: evaluate(state, evaluator, monitor, run_dir), share=True)
             if due(config.train.checkpoint_every):
-                save(state, run_dir)
-                monitor.checkpointed()
+                checkpoint_now()
             if config.train.epoch_checkpoints and state.loader.index == state.loader.batches_per_epoch and dist.is_main:
                 save_generator(state, run_dir / "checkpoints" / f"epoch-{state.loader.epoch + 1:04d}.safetensors")
         except TrainingDiverged as error:
@@ -443,10 +455,10 @@ def run_loop(state: TrainState, run_dir: Path, monitor, evaluator, on_progress: 
         if on_progress:
             on_progress(state.step, total, clock["row"], False)
     if state.step < total:  # stopped on request: keep everything up to here
-        save(state, run_dir)
-        monitor.checkpointed()
-    if dist.is_main and state.step % config.train.sample_every:  # the timelapse ends on the last step
-        monitor.frame(state.step, sample_fixed(state.sampler, z_fixed, labels_fixed))
+        checkpoint_now()
+    if dist.is_main and state.step % config.train.sample_every and clock["grid_step"] != state.step:
+        monitor.frame(state.step, sample_fixed(state.sampler, z_fixed, labels_fixed))  # the timelapse ends on the last step
+    monitor.finish(state.step, total, before + time.perf_counter() - clock["start"], state.extra["sessions"])
     if on_progress:
         on_progress(state.step, total, clock["row"], True)  # the bar closes before loggers print their goodbyes
 

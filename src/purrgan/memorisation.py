@@ -1,13 +1,20 @@
-"""Is it copying my data? Each sample's nearest training images, and a memorisation score.
+"""Is it copying my data? Each sample's nearest training images, and a verdict that is only "copying" when it is.
 
 A GAN trained on a small set can reproduce its training images; FID does not see it (a perfect copy of
-the data has a perfect FID). Here every generated sample is compared with every training image, in a
-space stated with the result: the FID Inception features when they are available, else the pixels of
-both images shrunk to 16x16 (L2 distance), which catches copies and near-copies, not look-alikes.
+the data has a perfect FID). Here every generated sample is compared with the training images in a
+space stated with the result: the pixels of both shrunk to 16x16 (L2 distance), which catches copies
+and near-copies, not look-alikes.
 
-The score is the share of samples that are closer to a training image than almost every real image is
-to its own nearest other training image (the 5th percentile of those real-to-real distances): about
-5% for a generator that makes new images, near 100% for one that replays its data.
+A sample is a near-copy when it is close to ONE training image and far from the rest: its nearest
+training image is closer than 95% of real images are to their own nearest other one, and at most a
+third of the mean distance to its next nine (the "1/3 of the neighbours" rule of Carlini et al. 2023).
+Closeness alone is not enough: a flat grey or noisy early sample is close to every training image (at
+16x16, grey noise sits nearer to the cat faces than the faces do to each other), which an absolute
+threshold called "100% copies"; being about as close to its second to tenth neighbours as to its first
+says it is near none of them in particular. The data's own rate is measured the same way (real images
+against the rest of the set: a set with near-duplicates has some), and the verdict compares with it.
+When the samples' distances to the data are far from the real images' own (under 0.75x or over 2x
+the median), they do not look like the data yet, and the verdict is "too early to judge".
 """
 
 from __future__ import annotations
@@ -40,33 +47,62 @@ def nearest(queries: torch.Tensor, support: torch.Tensor, k: int = 1, chunk: int
     return torch.cat(distances), torch.cat(indices)
 
 
+NEIGHBOURS = 10  # the nearest training image against the mean of the next nine
+COPY_RATIO = 1 / 3
+
+
 def memorisation(generated: torch.Tensor, training: torch.Tensor | None = None, embed=pixel_embedding,
                  space: str = PIXELS, reference: int = 1000, seed: int = 0, support: torch.Tensor | None = None) -> dict:
-    """Return the memorisation score of generated images against the training images (both uint8 or [-1, 1]).
+    """Return the memorisation check of generated images against the training images (both uint8 or [-1, 1]).
 
-    support: the training images already embedded (N, D), instead of training (a large set, embedded in chunks).
-    Also returned: the median distance from a sample to its nearest training image divided by the median
-    real-to-real nearest distance (below 1: closer to the data than the data is to itself), and the counts.
+    support: the training images already embedded (N, D), instead of training (a large set, embedded in
+    chunks). Returned: "copies" (the share of samples that are near-copies), "data_copies" (the same
+    share among real images against the rest of the set), "median_ratio" (a sample's distance to its
+    nearest training image over a real image's, medians), "verdict" and "why" in words, and the counts.
     """
     support = embed(training) if support is None else support
-    training = support
-    fake_distance, _ = nearest(embed(generated), support)
-    order = torch.randperm(len(training), generator=torch.Generator().manual_seed(seed))[:reference]
-    real_distance = _nearest_other(support, order)  # each real image's nearest *other* training image
-    threshold = torch.quantile(real_distance, 0.05)
-    return {
-        "score": float((fake_distance[:, 0] < threshold).float().mean()),
-        "median_ratio": float(fake_distance[:, 0].median() / real_distance.median().clamp(min=1e-12)),
-        "threshold": float(threshold), "samples": len(generated), "training_images": len(training),
-        "reference_images": len(order), "space": space,
-    }
+    fake_distances, _ = nearest(embed(generated), support, k=NEIGHBOURS)
+    order = torch.randperm(len(support), generator=torch.Generator().manual_seed(seed))[:reference]
+    real_distances = _nearest_others(support, order, NEIGHBOURS)  # each real image against the rest of the set
+    threshold = torch.quantile(real_distances[:, 0], 0.05)
+    copied, twins = near_copies(fake_distances, threshold), near_copies(real_distances, threshold)
+    copies, data_copies = float(copied.float().mean()), float(twins.float().mean())
+    median_ratio = float(fake_distances[:, 0].median() / real_distances[:, 0].median().clamp(min=1e-12))
+    verdict, why = _verdict(copies, data_copies, median_ratio, len(generated))
+    closeness = fake_distances[:, 0] / fake_distances[:, 1:].mean(dim=1).clamp(min=1e-12)  # small: near ONE image
+    return {"verdict": verdict, "why": why, "copies": copies, "data_copies": data_copies, "median_ratio": median_ratio,
+            "threshold": float(threshold), "samples": len(generated), "training_images": len(support),
+            "reference_images": len(order), "space": space, "copied": copied.nonzero().flatten().tolist(),
+            "closest": closeness.argsort()[:8].tolist()}
 
 
-def _nearest_other(support: torch.Tensor, chosen: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def near_copies(distances: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Return which rows of (N, k) distances to the nearest training images are near-copies: close to one, far from the rest."""
+    first, rest = distances[:, 0], distances[:, 1:].mean(dim=1)
+    return (first < threshold) & (first < COPY_RATIO * rest)
+
+
+def _verdict(copies: float, data_copies: float, median_ratio: float, samples: int) -> tuple[str, str]:
+    """Return the verdict ("copying", "some near-copies", "not copying", "too early to judge") and why, in words."""
+    share = f"{copies:.0%} of {samples} samples are near-copies of one training image ({data_copies:.0%} of real " \
+            f"images have such a near-twin in the set itself)"
+    if copies >= max(0.10, 3 * data_copies):
+        return "copying", share
+    if copies >= max(0.03, 2 * data_copies):
+        return "some near-copies", share
+    if not 0.75 <= median_ratio <= 2.0:
+        return "too early to judge", (f"the samples do not look like the training images yet: their nearest training "
+                                      f"image is {median_ratio:.2f}x as far as a real image's, so near-copies cannot be "
+                                      f"told from chance; {share}")
+    return "not copying", share
+
+
+def _nearest_others(support: torch.Tensor, chosen: torch.Tensor, k: int, chunk: int = 256) -> torch.Tensor:
+    """Return the distances (len(chosen), k) from each chosen support vector to its k nearest *other* ones."""
     out = []
     for start in range(0, len(chosen), chunk):
         rows = chosen[start:start + chunk]
         d = torch.cdist(support[rows], support)
         d[torch.arange(len(rows)), rows] = float("inf")
-        out.append(d.min(dim=1).values)
+        out.append(d.topk(min(k, len(support) - 1), dim=1, largest=False).values)
     return torch.cat(out)

@@ -312,6 +312,14 @@ class RunMonitor:
         for logger in self.loggers:
             logger.text(warning.step, f"warnings/{warning.kind}", warning.message)
 
+    def finish(self, step: int, total_steps: int, seconds: float, sessions: int) -> None:
+        """Record how far the run got, in run.json (the report's header): its step, its training time over all sessions,
+        and whether the health checks had a chance to look."""
+        self.summary["run"] = {"step": step, "total_steps": total_steps, "stopped": step < total_steps,
+                               "training_seconds": round(seconds, 1), "sessions": sessions,
+                               "health_checked": self.health.checked, "health_checks_from": self.health.warmup}
+        self._guarded("run.json", lambda: _write_json(self.run_dir / "run.json", self.summary))
+
     def checkpointed(self) -> None:
         from .plots import plot_losses
 
@@ -339,5 +347,6 @@ class NullMonitor:
     def frame(self, *args, **kwargs) -> None: ...
     def evaluation(self, *args, **kwargs) -> None: ...
     def warn(self, *args, **kwargs) -> None: ...
+    def finish(self, *args, **kwargs) -> None: ...
     def checkpointed(self) -> None: ...
     def close(self) -> None: ...

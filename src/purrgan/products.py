@@ -60,7 +60,8 @@ def _make(what: str, action) -> None:
 
 def check_memorisation(generator: TrainedGenerator, data, run_dir: Path, samples: int = 256,
                        most: int = 50_000) -> dict:
-    """Write memorisation.json and samples/nearest.png (8 samples, each beside its 3 nearest training images)."""
+    """Write memorisation.json and samples/nearest.png: the 8 samples most like one training image (the likeliest
+    copies), each beside its 3 nearest training images."""
     from .checkpoint import write_atomic
     from .memorisation import memorisation
 
@@ -73,8 +74,9 @@ def check_memorisation(generator: TrainedGenerator, data, run_dir: Path, samples
     support = torch.cat([pixel_embedding(images) for images in data.batches(chosen, size=1024)])
     fake = generator.sample(samples, seed=0)
     result = memorisation(fake, support=support)
-    _, index = nearest(pixel_embedding(fake[:8]), support, k=3)  # (8, 3) positions in chosen
-    rows = [torch.cat([fake[i:i + 1], to_float(data.batch(chosen[index[i]]))]) for i in range(len(index))]
+    shown = fake[result["closest"]]
+    _, index = nearest(pixel_embedding(shown), support, k=3)  # (8, 3) positions in chosen
+    rows = [torch.cat([shown[i:i + 1], to_float(data.batch(chosen[index[i]]))]) for i in range(len(index))]
     save_grid(torch.cat(rows), run_dir / "samples" / "nearest.png", nrow=4)
     write_atomic(run_dir / "memorisation.json", json.dumps(result, indent=1).encode(), "nothing else was changed")
     return result

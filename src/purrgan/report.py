@@ -138,29 +138,38 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         value = last.get(key)
         return format(value, fmt) if isinstance(value, (int, float)) else "-"
 
-    facts = [("steps", last.get("step", 0)), ("training time", f"{last.get('elapsed_s', 0) / 60:.1f} min (last session)"),
+    ran = summary.get("run") or {}  # written when a session ends: its last step and the time of every session
+    step = ran.get("step", last.get("step", 0))
+    steps = f"{step:,} of {ran['total_steps']:,}" if "total_steps" in ran else f"{step:,}"
+    if ran.get("stopped"):
+        steps += " (stopped early: --resume continues)"
+    seconds = ran.get("training_seconds", last.get("elapsed_s", 0))
+    sessions = ran.get("sessions", 1)
+    facts = [("steps", steps),
+             ("training time", f"{seconds / 60:.1f} min" + (f" over {sessions} sessions" if sessions > 1 else "")),
              ("speed", f"{speed:.0f} images/s (last logged steps)"),
              ("final losses", f"D {number('d_loss')}, G {number('g_loss')}"),
              ("D(x) / D(G(z))", f"{number('d_real')} / {number('d_fake')}")]
     metric_html = "".join(f"<tr><th>{html.escape(k)}</th><td>{v:.4g}</td></tr>" for k, v in metrics.items()
                           if isinstance(v, (int, float))) or "<tr><td>none computed (see <code>purrgan evaluate</code>)</td></tr>"
     warning_html = "".join(f"<li><b>step {html.escape(str(w.get('step')))}</b> ({html.escape(str(w.get('kind')))}): "
-                           f"{html.escape(str(w.get('message')))}</li>" for w in warnings) \
-        or "<li class='ok'>none: no health check fired</li>"
+                           f"{html.escape(str(w.get('message')))}</li>" for w in warnings)
+    if not warning_html:
+        warning_html = ("<li class='ok'>none: no health check fired</li>" if ran.get("health_checked", True) else
+                        f"<li class='missing'>not checked: the run ended at step {step:,}, before the health checks start "
+                        f"(after step {ran.get('health_checks_from', 100):,}, with 8 logged steps)</li>")
     classes_grid = run / "samples" / "classes.png"
     classes_html = (f"<h2>One row per class</h2>{_figure(_inline(classes_grid, 'image/png'), 'eight samples of each class, in the order of the data set', '')}"
                     if classes_grid.is_file() else "")
-    if copying:
-        verdict = ("it looks like copies of training images" if copying.get("score", 0) > 0.5 else
-                   "some samples sit very close to training images" if copying.get("score", 0) > 0.15 else
-                   "no sign of copying")
-        copying_html = (f"<p><b>Memorisation score {copying.get('score', 0):.0%}</b> ({verdict}): the share of "
-                        f"{copying.get('samples')} samples closer to a training image than 95% of real images are to "
-                        f"their nearest other training image (about 5% is what new images give; copies give 100%). "
-                        f"Median distance to the nearest training image: {copying.get('median_ratio', 0):.2f}x the real "
-                        f"images' own. Compared with {copying.get('training_images')} training images in "
-                        f"{html.escape(str(copying.get('space')))}.</p>"
+    if copying.get("verdict"):
+        copying_html = (f"<p><b>{html.escape(copying['verdict'].capitalize())}</b>: {html.escape(str(copying.get('why')))}. "
+                        f"A near-copy is a sample close to one training image (closer than 95% of real images are to "
+                        f"their nearest other one) and at most a third as far from it as from its next nine. Compared "
+                        f"with {copying.get('training_images')} training images in {html.escape(str(copying.get('space')))}.</p>"
                         f"{_figure(_inline(run / 'samples' / 'nearest.png', 'image/png'), 'each row: a sample, then its three nearest training images', '')}")
+    elif copying:  # written by purrgan 0.2, whose score counted any sample near a training image, noise included
+        copying_html = ("<p class='missing'>computed by an earlier purrgan, whose score could call noise a copy; "
+                        "train on (or resume) the run to check again</p>")
     else:
         copying_html = "<p class='missing'>not computed yet (it is made when a run finishes)</p>"
     flow_src = gradient_flow_chart(flow) if flow else None

@@ -29,6 +29,7 @@ class ImageSet:
     flippable: bool = True  # whether a mirrored image is still a valid sample (not for digits or text)
     duplicates: int = 0  # exact duplicate files dropped
     own_size: tuple[int, int] | None = None  # (width, height) every source image shared, for a folder or archive
+    layout: str = ""  # how split folders (train/, test/) were read, said in the run's first line
     index: torch.Tensor | None = None  # (N,) positions in storage; None: all of it, in order
 
     def __len__(self) -> int:
@@ -72,7 +73,7 @@ def load_images(source: str, resolution: int, channels: int, classes: tuple[str,
     from .sources import parse_source
 
     spec = parse_source(source)
-    classes = _merge_classes(_names(classes), _names(spec.options.get("classes", "")))
+    classes = _merge_classes(parse_names(classes), parse_names(spec.options.get("classes", "")))
     if spec.path is not None and is_prepared_file(spec.path):
         images, labels, info = read_prepared(spec.path)
     elif cache:
@@ -84,11 +85,12 @@ def load_images(source: str, resolution: int, channels: int, classes: tuple[str,
                            f"{(channels, resolution, resolution)}; prepare it again with that size")
     own = info.get("own_size")
     data = ImageSet(images, str(info.get("source", source)), labels, info.get("class_names", []), info.get("skipped", 0),
-                    bool(info.get("flippable", True)), int(info.get("duplicates", 0)), tuple(own) if own else None)
+                    bool(info.get("flippable", True)), int(info.get("duplicates", 0)), tuple(own) if own else None,
+                    str(info.get("layout") or ""))
     return select_classes(data, classes) if classes else data
 
 
-def _names(value: tuple[str, ...] | str) -> tuple[str, ...]:
+def parse_names(value: tuple[str, ...] | str) -> tuple[str, ...]:
     parts = value.split(",") if isinstance(value, str) else value
     return tuple(p.strip() for p in parts if p.strip())
 
@@ -102,13 +104,9 @@ def _merge_classes(configured: tuple[str, ...], from_source: tuple[str, ...]) ->
 
 def select_classes(data: ImageSet, classes: tuple[str, ...] | str) -> ImageSet:
     """Return only the images of the named classes, relabelled 0..K-1 in the order given."""
-    wanted = list(_names(classes))
-    if data.labels is None:
-        raise PurrganError(f"data.classes = '{','.join(wanted)}' needs a labelled data set, but {data.name} has no classes "
-                           f"(a folder gets classes from its sub-folders)")
-    unknown = [c for c in wanted if c not in data.class_names]
-    if unknown:
-        raise PurrganError(f"unknown class '{unknown[0]}' in {data.name}; valid classes: {', '.join(data.class_names)}")
+    from .sources import check_classes
+
+    wanted = list(check_classes(parse_names(classes), data.class_names if data.labels is not None else [], data.name))
     old = torch.tensor([data.class_names.index(c) for c in wanted])
     keep = torch.isin(data.labels, old).nonzero().flatten()
     remap = torch.full((len(data.class_names),), -1, dtype=torch.long)

@@ -30,7 +30,8 @@ from ..errors import PurrganError
 from .archives import walk_images
 from .download import cache_dir
 from .decode import decode_stream, default_workers
-from .sources import SOURCES, FileSource, SourceSpec, file_source, local_files, read_source, report_tally, tally_chunks
+from .sources import (SOURCES, FileSource, SourceSpec, file_source, keep_classes, local_files, read_source, report_tally,
+                      tally_chunks)
 
 Progress = Callable[[int, int], None]  # (source files done, total)
 PARALLEL_FROM = 2000  # image files from which decoding is spread over processes by default
@@ -84,9 +85,10 @@ def data_fingerprint(source: str, resolution: int, channels: int) -> str:
     return hashlib.sha256(f"{where}|{fingerprint(spec, resolution, channels)}".encode("utf-8", "backslashreplace")).hexdigest()
 
 
-def default_path(spec: SourceSpec, resolution: int, channels: int) -> Path:
+def default_path(spec: SourceSpec, resolution: int, channels: int, classes: tuple[str, ...] = ()) -> Path:
     """Return where the prepared file of a source lives in the cache (one file per resolved source, options and size)."""
-    return cache_dir() / "prepared" / f"{spec.key()}-{resolution}px-{channels}c.safetensors"
+    chosen = "-" + hashlib.sha1(",".join(classes).encode()).hexdigest()[:8] if classes else ""
+    return cache_dir() / "prepared" / f"{spec.key()}{chosen}-{resolution}px-{channels}c.safetensors"
 
 
 def read_prepared(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
@@ -153,15 +155,16 @@ def _decode_info(path: Path, metadata: dict[str, str]) -> dict:
 
 
 def prepare(spec: SourceSpec, resolution: int, channels: int, out: Path | None = None, force: bool = False,
-            workers: int | None = None, progress: Progress | None = None) -> Path:
+            workers: int | None = None, progress: Progress | None = None, classes: tuple[str, ...] = ()) -> Path:
     """Return a prepared file of the source at this size, building it unless an up-to-date one exists.
 
-    Image files are decoded on `workers` processes (default: every core) and written as they come, so
-    memory stays flat whatever the set's size; a killed prepare continues where it stopped
-    (PreparedWriter). progress(done, total) is called as source files are done.
+    Image files are decoded on `workers` processes (default: every core but one) and written as they
+    come, so memory stays flat whatever the set's size; a killed prepare continues where it stopped
+    (PreparedWriter). progress(done, total) is called as source files are done. classes keeps only
+    those classes (a training run prepares the whole source once and picks its classes from it).
     """
-    path = out or default_path(spec, resolution, channels)
-    want = fingerprint(spec, resolution, channels)
+    path = out or default_path(spec, resolution, channels, classes)
+    want = fingerprint(spec, resolution, channels) + (f"|classes={','.join(classes)}" if classes else "")
     with _exclusive(path):  # a second process preparing the same file waits for the first, then finds it done
         if path.exists() and not force:
             try:
@@ -171,13 +174,15 @@ def prepare(spec: SourceSpec, resolution: int, channels: int, out: Path | None =
             except PurrganError:
                 log.warning("%s is damaged; preparing it again", path)
         started = time.perf_counter()
-        files = file_source(spec)
+        files = file_source(spec, classes)
         if files is None:  # a named set stored as arrays (CIFAR-10's pickles, MNIST's idx files, the digits)
             decoded = read_source(spec, resolution, channels)
+            if classes:
+                decoded = keep_classes(decoded, classes, spec.name)
             writer = PreparedWriter(path, want, resolution, channels, resume=False)
             writer.append(decoded.images, decoded.labels)
             info = _info(spec, resolution, channels, want, len(decoded.images), decoded.class_names, decoded.labels,
-                         decoded.skipped, decoded.duplicates, decoded.grayscale, decoded.own_size)
+                         decoded.skipped, decoded.duplicates, decoded.grayscale, decoded.own_size, decoded.layout)
             writer.finish(info)
         else:
             # Starting processes costs seconds: a small set decodes faster in this one.
@@ -213,19 +218,20 @@ def _prepare_files(spec: SourceSpec, files: FileSource, resolution: int, channel
     report_tally(files, tally)
     info = _info(spec, resolution, channels, want, tally["kept"], files.class_names if files.labels else [],
                  writer.labels() if files.labels else None, tally["skipped"], tally["duplicates"], tally["gray"],
-                 tally["own_size"])
+                 tally["own_size"], files.layout)
     writer.finish(info)
     return info
 
 
 def _info(spec: SourceSpec, resolution: int, channels: int, want: str, count: int, class_names: list[str],
-          labels: np.ndarray | None, skipped: int, duplicates: int, grayscale: bool, own_size) -> dict:
+          labels: np.ndarray | None, skipped: int, duplicates: int, grayscale: bool, own_size, layout: str = "") -> dict:
     counts = np.bincount(labels, minlength=len(class_names)).tolist() if labels is not None else []
     return {
         "fingerprint": want, "source": str(spec.path) if spec.path else spec.name, "options": spec.options,
         "resolution": resolution, "channels": channels, "count": int(count),
         "class_names": class_names, "class_counts": counts, "skipped": skipped,
         "duplicates": duplicates, "grayscale": grayscale, "own_size": list(own_size) if own_size else None,
+        "layout": layout,
         "flippable": not grayscale if spec.path is not None else SOURCES[spec.name].flippable,
         "purrgan_version": __version__,
         "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -238,7 +244,7 @@ def to_prepared(spec: SourceSpec, resolution: int, channels: int, want: str = ""
     images = torch.from_numpy(np.ascontiguousarray(decoded.images))
     labels = torch.from_numpy(decoded.labels) if decoded.labels is not None else None
     info = _info(spec, resolution, channels, want, len(images), decoded.class_names, decoded.labels, decoded.skipped,
-                 decoded.duplicates, decoded.grayscale, decoded.own_size)
+                 decoded.duplicates, decoded.grayscale, decoded.own_size, decoded.layout)
     return images, labels, info
 
 

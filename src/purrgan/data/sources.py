@@ -17,7 +17,7 @@ import io
 import logging
 import pickle
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
@@ -31,9 +31,9 @@ from .archives import ImageFiles, is_archive, read_members
 from .download import DownloadError, cache_dir, check_archive, download, download_from_google_drive, verify
 from .images import is_grayscale_mode
 
-SPLITS = ("train", "test", "all")
-SPLIT_FOLDERS = ("train", "test")
-PATH_OPTIONS = {"classes": (), "split": SPLITS}
+SPLITS = ("train", "test", "all")  # of the named sets
+SPLIT_FOLDERS = {"train": "train", "test": "test", "val": "val", "valid": "val", "validation": "val"}  # folder -> split
+PATH_OPTIONS = {"classes": (), "split": ("train", "test", "val", "all", "none")}
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class Decoded:
     duplicates: int = 0
     grayscale: bool = False  # every source image was grayscale (digits, scans, text): flipping is off by default
     own_size: tuple[int, int] | None = None  # the (width, height) every source image shares, if they share one
+    layout: str = ""  # how split folders were read
 
 
 @dataclass(frozen=True)
@@ -251,19 +252,31 @@ class FileSource:
     crop: float | None = None  # CelebA's centred box, as a fraction of the width
     problems: int = 0  # files that could not even be listed (counted as unreadable)
     first_problem: str = ""
+    layout: str = ""  # how split folders were read, for the run's first line
 
 
-def file_source(spec: SourceSpec) -> FileSource | None:
-    """Return the image files of a folder, an archive or a named set made of image archives (None for the others)."""
+def file_source(spec: SourceSpec, classes: tuple[str, ...] = ()) -> FileSource | None:
+    """Return the image files of a folder, an archive or a named set made of image archives (None for the others).
+
+    classes keeps only the files of those classes (sub-folders), relabelled 0..K-1 in that order.
+    """
+    if classes and spec.path is None and SOURCES[spec.name].read is read_image_archives:
+        raise PurrganError(f"classes = {','.join(classes)} needs a labelled data set, but {spec.name} has no classes")
     if spec.path is not None:
         if spec.path.is_file() and not is_archive(spec.path):
             raise PurrganError(f"data path {spec.path} is a file but not a .zip or .tar(.gz) archive; give a folder or an archive")
         files = ImageFiles(spec.path)
-        names = Layout(files.names).select(spec.options.get("split", "train"), str(spec.path))
-        labels, class_names = labels_from_names(names)
+        split = spec.options.get("split", "train")
+        layout = Layout(files.names)
+        names = layout.select(split, str(spec.path))
+        labels, class_names = labels_from_names(names, splits=split != "none")
         by_name = dict(zip(names, labels.tolist())) if labels is not None else None
+        if classes:
+            index = {class_names.index(name): i for i, name in enumerate(check_classes(classes, class_names, str(spec.path)))}
+            names = [n for n in names if by_name[n] in index]
+            by_name, class_names = {n: index[by_name[n]] for n in names}, list(classes)
         return FileSource(names, lambda skip: files.pairs(names, skip), str(spec.path), by_name, class_names,
-                          problems=files.problems, first_problem=files.first_problem)
+                          problems=files.problems, first_problem=files.first_problem, layout=layout.describe(split))
     if SOURCES[spec.name].read is not read_image_archives:
         return None
     options = {**DEFAULT_OPTIONS.get(spec.name, {}), **spec.options}
@@ -281,6 +294,27 @@ def file_source(spec: SourceSpec) -> FileSource | None:
                       first_problem=next((f.first_problem for f in archives if f.first_problem), ""))
 
 
+def check_classes(wanted: tuple[str, ...], class_names: list[str], origin: str) -> tuple[str, ...]:
+    """Return wanted when every name is one of class_names, else fail in one line naming the valid ones."""
+    if not class_names:
+        raise PurrganError(f"classes = {','.join(wanted)} needs a labelled data set, but {origin} has no classes "
+                           f"(a folder gets classes from its sub-folders)")
+    unknown = [name for name in wanted if name not in class_names]
+    if unknown:
+        raise PurrganError(f"unknown class '{unknown[0]}' in {origin}; valid classes: {', '.join(class_names)}")
+    return wanted
+
+
+def keep_classes(decoded: Decoded, classes: tuple[str, ...], origin: str) -> Decoded:
+    """Return the images of decoded (a named set's arrays) of those classes only, relabelled 0..K-1 in that order."""
+    check_classes(classes, decoded.class_names, origin)
+    old = np.array([decoded.class_names.index(name) for name in classes])
+    keep = np.isin(decoded.labels, old)
+    remap = np.full(len(decoded.class_names), -1, dtype=np.int64)
+    remap[old] = np.arange(len(classes))
+    return replace(decoded, images=decoded.images[keep], labels=remap[decoded.labels[keep]], class_names=list(classes))
+
+
 def decode_files(source: FileSource, resolution: int, channels: int, workers: int = 1) -> Decoded:
     """Return every decodable image of a FileSource at one size, in memory (prepare() streams to a file instead).
 
@@ -293,7 +327,7 @@ def decode_files(source: FileSource, resolution: int, channels: int, workers: in
     report_tally(source, tally)
     labels = np.array([source.labels[n] for c in chunks for n in c.names], dtype=np.int64) if source.labels else None
     return Decoded(np.concatenate([c.images for c in chunks]), labels, source.class_names if source.labels else [],
-                   tally["skipped"], tally["duplicates"], tally["gray"], tally["own_size"])
+                   tally["skipped"], tally["duplicates"], tally["gray"], tally["own_size"], source.layout)
 
 
 def tally_chunks(source: FileSource, chunks, before: dict | None = None) -> dict:
@@ -336,7 +370,12 @@ def clean_class_name(name: str) -> str | None:
 
 
 class Layout:
-    """How a folder's image names are organised: splits (train/, test/) and classes (sub-folders)."""
+    """How a folder's image names are organised: splits (train/, test/, val/) and classes (sub-folders).
+
+    Top folders that are all split names are splits, with the classes under them; `:split=` picks one
+    (train by default). Split folders beside other folders (train/, test/ and cats/) are refused: the
+    test set would silently become a class. `:split=none` makes every top folder a class, split names too.
+    """
 
     def __init__(self, names: list[str]):
         self.names = names
@@ -345,25 +384,56 @@ class Layout:
         while parts and all(len(p) > depth + 1 for p in parts) and len({p[depth] for p in parts}) == 1:
             depth += 1
         tops = {p[depth] for p in parts if len(p) > depth + 1}
-        self.split_of = None
-        if parts and "train" in tops and tops <= set(SPLIT_FOLDERS) and all(len(p) > depth + 1 for p in parts):
-            self.split_of = {n: p[depth] for n, p in zip(names, parts)}
+        splits = {t for t in tops if t.lower() in SPLIT_FOLDERS}
+        self.split_of, self.mixed = None, None
+        if splits and splits == tops and all(len(p) > depth + 1 for p in parts):
+            self.split_of = {n: SPLIT_FOLDERS[p[depth].lower()] for n, p in zip(names, parts)}
+        elif splits:
+            self.mixed = sorted(splits), sorted(tops - splits)
 
     def select(self, split: str, origin: str) -> list[str]:
+        """Return the names of one split ("train", "test", "val", "all", or "none": everything, split folders as classes)."""
+        if split == "none":
+            return self.names
+        if self.mixed is not None:
+            splits = ", ".join(f"{name}/" for name in self.mixed[0])
+            others = ", ".join(f"{name}/" for name in self.mixed[1])
+            raise PurrganError(f"{origin} holds split folders ({splits}) beside other folders ({others}), so the test "
+                               f"images would become a class: give one split as --data (e.g. {origin}/"
+                               f"{self.mixed[0][-1]}), or add :split=none to make every folder a class")
         if self.split_of is None:
             if split not in ("train", "all"):
-                raise PurrganError(f"{origin} has no train/ and test/ folders, so :split={split} has nothing to pick")
+                raise PurrganError(f"{origin} has no train/, test/ or val/ folders, so :split={split} has nothing to pick")
             return self.names
+        present = sorted(set(self.split_of.values()))
+        if split != "all" and split not in present:
+            raise PurrganError(f"{origin} has no {split}/ folder (it has {', '.join(p + '/' for p in present)}); "
+                               f"add :split={present[0]} or :split=all")
         return [n for n in self.names if split == "all" or self.split_of[n] == split]
 
+    def describe(self, split: str) -> str:
+        """Return how the folders were read, for the run's first line ("" when there were no split folders)."""
+        if split == "none" and (self.split_of or self.mixed):
+            return "every top folder as a class (:split=none)"
+        if not self.split_of:
+            return ""
+        present = sorted(set(self.split_of.values()))
+        if split == "all":
+            return f"all of {', '.join(p + '/' for p in present)} (:split=all)"
+        others = [p for p in present if p != split]
+        return (f"the {split}/ folder" + (f" ({', '.join(p + '/' for p in others)} left out: :split=NAME or :split=all "
+                                           f"to choose)" if others else ""))
 
-def labels_from_names(names: list[str]) -> tuple[np.ndarray | None, list[str]]:
-    """Return labels from the first sub-folder under the names' common folder (and split folder), when every image has one."""
+
+def labels_from_names(names: list[str], splits: bool = True) -> tuple[np.ndarray | None, list[str]]:
+    """Return labels from the first sub-folder under the names' common folder (and split folder, with splits),
+    when every image has one."""
     parts = [PurePosixPath(n).parts for n in names]
     depth = 0
     while parts and all(len(p) > depth + 1 for p in parts) and len({p[depth] for p in parts}) == 1:
         depth += 1
-    if parts and all(len(p) > depth + 1 for p in parts) and {p[depth] for p in parts} <= set(SPLIT_FOLDERS):
+    if splits and parts and all(len(p) > depth + 1 for p in parts) and \
+            {p[depth].lower() for p in parts} <= set(SPLIT_FOLDERS):
         depth += 1  # train/<class>/... and test/<class>/...: the classes are one level down
     if not parts or not all(len(p) > depth + 1 for p in parts):
         return None, []

@@ -108,12 +108,35 @@ def load_extractor(spec: str = "inception", weights: str | None = None, device: 
         raise PurrganError(f"feature extractor factory '{spec}' failed: {type(error).__name__}: {error}") from None
     if not callable(extractor):
         raise PurrganError(f"feature extractor factory '{spec}' returned {type(extractor).__name__}, not a callable module")
-    if not hasattr(extractor, "name"):
+    return CheckedExtractor(extractor, spec)
+
+
+class CheckedExtractor:
+    """A user's images-to-vectors module, its outputs checked: a (N, D) tensor is the features (deeper ones are
+    flattened), a dict must hold "features" (and "logits" for the Inception Score); anything else is one line."""
+
+    def __init__(self, extractor, spec: str):
+        self.extractor, self.spec = extractor, spec
+        self.name = str(getattr(extractor, "name", spec.replace(":", ".")))
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        what = f"feature extractor '{self.spec}'"
         try:
-            extractor.name = spec.replace(":", ".")
-        except AttributeError:
-            pass
-    return extractor
+            out = self.extractor(images)
+        except Exception as error:  # noqa: BLE001 - the user's code: say what it raised, in one line
+            raise PurrganError(f"{what} failed on uint8 images {tuple(images.shape)}: {type(error).__name__}: "
+                               f"{str(error).splitlines()[0] if str(error) else 'no detail'}") from None
+        if isinstance(out, torch.Tensor):
+            out = {"features": out}
+        if not isinstance(out, dict) or not isinstance(out.get("features"), torch.Tensor):
+            raise PurrganError(f"{what} returned {type(out).__name__}; return a (N, D) tensor of features, or a dict "
+                               f"with a 'features' tensor (and 'logits' for the Inception Score)")
+        out = {key: value.flatten(1) if isinstance(value, torch.Tensor) and value.ndim > 2 else value
+               for key, value in out.items()}
+        if out["features"].ndim != 2 or len(out["features"]) != len(images):
+            raise PurrganError(f"{what} returned features of shape {tuple(out['features'].shape)} for {len(images)} "
+                               f"images; return one vector per image, (N, D)")
+        return out
 
 
 KEPT = 50_000  # rows of every output kept for KID, IS and precision/recall (the papers' 50k); FID sees every image
