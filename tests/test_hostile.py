@@ -24,6 +24,7 @@ from PIL import Image
 from conftest import TINY, tiny_config
 from purrgan import checkpoint, load_generator
 from purrgan.cli import main
+from purrgan.config import to_toml
 from purrgan.data import load_images
 from purrgan.data import archives
 from purrgan.errors import PurrganError
@@ -514,3 +515,63 @@ def test_wandb_without_credentials_fails_before_anything_is_written(tmp_path, ca
                     "wandb could not start (division by zero)")
     assert not (run / "checkpoints").exists()
     assert main(["train", "--out", str(run), *CLI_TINY, "--steps", "2"]) == 0  # the next try is not refused
+
+
+# ---------------------------------------------------------------- the last corners of "your runs are safe"
+
+
+def test_a_damaged_last_checkpoint_is_set_aside_and_the_good_one_stays_a_fallback(tmp_path, caplog):
+    run = tmp_path / "run"
+    args = ["train", "--out", str(run), "--quiet", "--logger", "none", *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]]
+    assert main([*args, "--steps", "20", "--set", "train.checkpoint_every=10"]) == 0
+    folder = run / "checkpoints"
+    good = (folder / "last-1.safetensors").read_bytes()
+    (folder / "last.safetensors").write_bytes((folder / "last.safetensors").read_bytes()[:1000])  # cut off
+    assert main([*args, "--resume", "--steps", "40", "--set", "train.checkpoint_every=10"]) == 0
+    assert "set last.safetensors aside as last.safetensors.rejected-" in caplog.text
+    assert len(list(folder.glob("last.safetensors.rejected-*"))) == 1
+    # Resumed from the good step-10 file; two rotations later last and last-1 are both new and good.
+    for name in ("last.safetensors", "last-1.safetensors"):
+        assert checkpoint.load(folder / name)["step"] in (30, 40)
+    assert good != (folder / "last-1.safetensors").read_bytes()
+
+
+def test_a_folder_whose_first_session_died_before_a_checkpoint_is_no_dead_end(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    tiny = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+    (run / "config.toml").write_text(to_toml(tiny_config(train__steps=12)))
+    (run / "metrics.csv").write_text("")
+    (run / "metrics.jsonl").write_text("")
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--logger", "none"]) == 0  # starts at step 0
+    assert checkpoint.load(run / "checkpoints" / "last.safetensors")["step"] == 12
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.toml").write_text(to_toml(tiny_config()))
+    (fresh / "metrics.csv").write_text("")
+    assert main(["train", "--out", str(fresh), "--steps", "3", "--quiet", "--logger", "none", *tiny]) == 0  # or afresh
+
+
+def test_torchscript_export_to_an_unwritable_place_is_one_line(trained_run, tmp_path, capsys):
+    # TorchScript's own writer raised RuntimeError (a traceback) where ONNX and safetensors said one line.
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the folder should be")
+    code = main(["export", str(trained_run), "--format", "torchscript", "--out", str(blocker / "g.pt")])
+    _one_line_error(capsys, code, "could not write")
+
+
+def test_torchscript_export_when_the_writer_fails_is_one_line(trained_run, tmp_path, capsys, monkeypatch):
+    def full_disk(path, blob, what=""):
+        raise PurrganError(f"could not write {path}: No space left on device; {what}")
+
+    monkeypatch.setattr("purrgan.export.write_atomic", full_disk)
+    code = main(["export", str(trained_run), "--format", "torchscript", "--out", str(tmp_path / "g.pt")])
+    _one_line_error(capsys, code, "No space left on device")
+
+
+def test_sample_follows_the_pictures_extension_or_refuses_another(trained_run, tmp_path, capsys):
+    _one_line_error(capsys, main(["sample", str(trained_run), "--out", str(tmp_path / "x.txt")]), "ending in .png")
+    assert not (tmp_path / "x.txt").exists()
+    assert main(["sample", str(trained_run), "--num", "4", "--out", str(tmp_path / "x.jpg")]) == 0
+    assert (tmp_path / "x.jpg").read_bytes()[:2] == b"\xff\xd8"  # a JPEG, as its name says
+    _one_line_error(capsys, main(["data", "info", "digits", "--size", "-3"]), "--size must be between 1 and 1024")

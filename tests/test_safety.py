@@ -72,15 +72,16 @@ def test_kill_9_at_a_random_moment_then_resume_equals_an_uninterrupted_run(seed,
     assert [r["step"] for r in read_metrics(run)] == [r["step"] for r in read_metrics(uninterrupted)]
 
 
-def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_0(uninterrupted, tmp_path):
+@pytest.mark.parametrize("sent", ["SIGTERM", "SIGHUP"])  # SIGHUP: the terminal or SSH session was closed
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_0(uninterrupted, tmp_path, sent):
     run = tmp_path / "run"
     process = subprocess.Popen(_command(run, "--steps", str(STEPS)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(run / "checkpoints" / "last.safetensors", process)
     time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(getattr(signal, sent))
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
-    assert "SIGTERM received: finishing this step" in err
+    assert f"{sent} received: finishing this step" in err
     assert "continue with: purrgan train --out" in err and "--resume" in err
     stopped = checkpoint.load_latest(run)[0]["step"]
     assert 0 < stopped < STEPS and f"stopped at step {stopped}" in err

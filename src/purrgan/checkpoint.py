@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -277,8 +278,13 @@ def _candidates(path: str | Path) -> list[Path]:
     return existing
 
 
-def load_latest(path: str | Path) -> tuple[dict[str, Any], Path]:
-    """Return the newest valid checkpoint of a run, falling back to older ones when it is damaged, and its path."""
+def load_latest(path: str | Path, set_aside: bool = False) -> tuple[dict[str, Any], Path]:
+    """Return the newest valid checkpoint of a run, falling back to older ones when it is damaged, and its path.
+
+    With set_aside (a training about to write into the folder, holding its lock), a damaged file is renamed
+    `<name>.rejected-<time>`: the next rotation would otherwise move it to last-1 and delete the good one,
+    leaving a known-bad file as the run's only fallback.
+    """
     candidates = _candidates(path)
     first_error = None
     for candidate in candidates:
@@ -287,6 +293,13 @@ def load_latest(path: str | Path) -> tuple[dict[str, Any], Path]:
         except PurrganError as error:
             first_error = first_error or error
             log.warning("%s; trying an older checkpoint", error)
+            if set_aside and candidate.exists():
+                aside = candidate.with_name(f"{candidate.name}.rejected-{time.strftime('%Y%m%d-%H%M%S')}")
+                try:
+                    os.replace(candidate, aside)
+                    log.warning("set %s aside as %s (kept for you to look at; never loaded again)", candidate.name, aside.name)
+                except OSError:
+                    pass  # a read-only folder: the save that follows says so
             continue
         if candidate != candidates[0]:
             log.warning("using %s instead", candidate)

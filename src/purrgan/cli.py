@@ -138,9 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             from .export import export
             from .generate import load_generator
 
-            path = export(load_generator(args.run), args.format, Path(args.out))
-            log.info("wrote %s (input z: float32 (N, z_dim); output images in [-1, 1]; see %s)", path,
-                     path.with_name(path.stem + ".MODEL.md"))
+            generator = load_generator(args.run)
+            path = export(generator, args.format, Path(args.out))
+            labels = f", labels: int64 (N,), one of {len(generator.classes)} classes" if generator.classes else ""
+            log.info("wrote %s (inputs z: float32 (N, %d)%s; output images in [-1, 1]; see %s)", path, generator.z_dim,
+                     labels, path.with_name(path.stem + ".MODEL.md"))
             return 0
         if args.command == "report":
             from .report import write_report
@@ -220,8 +222,10 @@ def _sample(args: argparse.Namespace) -> int:
         raise PurrganError("--nrow must be positive")
     if args.truncation is not None and not args.truncation > 0:
         raise PurrganError("--truncation must be a positive number (e.g. 0.7)")
-    if Path(args.out).is_dir():
-        raise PurrganError(f"--out {args.out} is a folder; give a file name ending in .png")
+    from .monitor import IMAGE_FORMATS
+
+    if Path(args.out).is_dir() or Path(args.out).suffix.lower() not in IMAGE_FORMATS:
+        raise PurrganError(f"--out {args.out}: give a picture file name ending in {', '.join(IMAGE_FORMATS)} (e.g. grid.png)")
     if args.separate and Path(args.separate).exists() and not Path(args.separate).is_dir():
         raise PurrganError(f"--separate {args.separate} is a file; give a folder for the single images")
     if args.num > GRID_MOST and not args.separate:
@@ -346,6 +350,8 @@ def _data(args: argparse.Namespace) -> int:
         for path in verify_download(args.name):
             log.info("%s is ready (%.1f MB)", path, path.stat().st_size / 1e6)
         return 0
+    if args.size is not None and not 1 <= args.size <= 1024:
+        raise PurrganError(f"--size must be between 1 and 1024 pixels, got {args.size}")
     spec = parse_source(args.source)
     size, channels, _ = native_shape(spec)
     size, channels = args.size or size, args.channels or channels

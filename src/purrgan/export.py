@@ -7,6 +7,7 @@ class-conditional model, and gives `images`, float32 (N, C, H, W) in [-1, 1] (ma
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -57,17 +58,18 @@ def export(generator: TrainedGenerator, fmt: str, out: Path) -> Path:
                     "outputs": "images: float32 (N, C, H, W) in [-1, 1]"}
         blob = st_save({k: v.detach().contiguous().cpu() for k, v in module.network.state_dict().items()}, metadata)
         write_atomic(out, blob, "nothing was exported")  # a normal file mode (safetensors' own writer makes 0600)
+    elif fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notice: the format itself is still loadable
+            traced = torch.jit.trace(module, inputs)
+        buffer = io.BytesIO()  # TorchScript's own writer reports an unwritable path as a RuntimeError, not OSError
+        torch.jit.save(traced, buffer)
+        write_atomic(out, buffer.getvalue(), "nothing was exported")
     else:
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            if fmt == "torchscript":
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # torch.jit's deprecation notice: the format itself is still loadable
-                    traced = torch.jit.trace(module, inputs)
-                traced.save(str(tmp))
-            else:
-                _export_onnx(module, inputs, names, tmp)
+            _export_onnx(module, inputs, names, tmp)
             os.replace(tmp, out)
         except OSError as error:
             raise PurrganError(f"could not write {out}: {error.strerror or error}") from None

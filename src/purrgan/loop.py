@@ -317,6 +317,15 @@ def _time_steps_both_ways(config: Config, data: ImageSet, device: torch.device, 
     return seconds
 
 
+def _resumable(run_dir: Path) -> tuple[dict, Path] | None:
+    """Return the newest good checkpoint of run_dir (damaged ones set aside), or None when it has none yet."""
+    if not checkpoint.checkpoints_newest_first(run_dir / "checkpoints") and (run_dir / "config.toml").is_file():
+        log.info("%s has no checkpoint yet (its first session stopped before writing one): training starts at step 0 "
+                 "with its config.toml", run_dir)
+        return None
+    return checkpoint.load_latest(run_dir, set_aside=True)
+
+
 def _saved_setting(saved: tuple[dict, Path] | None, section: str, key: str):
     try:
         return saved[0]["config"][section][key] if saved else None
@@ -356,7 +365,8 @@ def _train(config: Config, run_dir: Path, resume: bool, on_progress, stop, dist,
         config.data.val_fraction)
     config = prepare_config(config, data)
     # Rank 0 reads the checkpoint and hands it to the others: the run folder need not be shared between machines.
-    saved = dist.on_main(lambda: checkpoint.load_latest(run_dir), share=True) if resume else None
+    saved = dist.on_main(lambda: _resumable(run_dir), share=True) if resume else None
+    resume = saved is not None  # a folder whose first session stopped before any checkpoint starts at step 0
     config = settle_precision(config, data, device, dist, _saved_setting(saved, "train", "amp"))
 
     state = TrainState.create(config, data, device, dist)
@@ -547,7 +557,7 @@ def roll_back(state: TrainState, run_dir: Path, monitor, error: TrainingDiverged
                            f"(--set optim.lr_d=... --set optim.lr_g=...); the last good checkpoint is kept in "
                            f"{run_dir / 'checkpoints'}") from None
     failed = state.learning_rates
-    saved, source = state.dist.on_main(lambda: checkpoint.load_latest(run_dir), share=True)
+    saved, source = state.dist.on_main(lambda: checkpoint.load_latest(run_dir, set_aside=True), share=True)
     state.load_state_dict(saved, source)
     state.scale_learning_rates(failed, config.train.nan_lr_factor)  # lower than when it failed, also after a 2nd time
     monitor.rewind(state.step)

@@ -50,17 +50,25 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> Path
     return path
 
 
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
+
+
 def save_image(image: Image.Image, path: Path) -> None:
-    """Write a PIL image as PNG atomically; PurrganError (one line) when the path cannot be written."""
+    """Write a PIL image atomically in the format its name says (.png, .jpg, .webp, .bmp); PurrganError (one line)
+    for another name or a path that cannot be written."""
     import io
 
     from .checkpoint import write_atomic
     from .errors import PurrganError
 
+    path = Path(path)
     if path.is_dir():
         raise PurrganError(f"{path} is a folder; give a file name ending in .png")
+    image_format = IMAGE_FORMATS.get(path.suffix.lower())
+    if image_format is None:
+        raise PurrganError(f"{path}: give a picture file name ending in {', '.join(IMAGE_FORMATS)}")
     buffer = io.BytesIO()
-    image.save(buffer, "PNG")
+    (image.convert("RGB") if image_format == "JPEG" and image.mode not in ("RGB", "L") else image).save(buffer, image_format)
     write_atomic(path, buffer.getvalue(), "nothing else was changed")
 
 

@@ -27,10 +27,15 @@ except ImportError:  # pragma: no cover - Windows
 
 
 def holds_a_run(run_dir: Path) -> bool:
-    """Return whether run_dir holds any checkpoint or metrics of an earlier run."""
+    """Return whether run_dir holds a checkpoint or logged metrics of an earlier run.
+
+    A folder whose first session died before either (a full disk at the first checkpoint, a kill -9)
+    holds nothing to lose: a new run may start there, and --resume starts it at step 0 with its config.
+    """
+    from .monitor import read_metrics
+
     folder = run_dir / "checkpoints"
-    return (any(folder.glob("*.safetensors")) or (folder / checkpoint.NEW).exists()
-            or (run_dir / "metrics.jsonl").exists() or (run_dir / "metrics.csv").exists())
+    return bool(any(folder.glob("*.safetensors")) or (folder / checkpoint.NEW).exists() or read_metrics(run_dir))
 
 
 class RunFolder:
