@@ -136,6 +136,7 @@ def test_a_checkpoint_written_by_purrgan_0_1_0_samples_and_resumes(tmp_path):
 def test_amp_auto_on_the_cpu_is_measured_once_recorded_and_kept_on_resume(tmp_path, caplog, monkeypatch):
     import logging
 
+    monkeypatch.setenv("PURRGAN_DATA", str(tmp_path / "cache"))  # no verdict cached by another test
     monkeypatch.setattr("purrgan.loop.cpu_has_native_bf16", lambda: True)  # measure, whatever this CPU is
     run = tmp_path / "run"
     with caplog.at_level(logging.INFO):
@@ -168,6 +169,7 @@ def test_amp_auto_stops_timing_a_bf16_that_has_already_lost(tmp_path, caplog, mo
 
     import purrgan.loop as loop
 
+    monkeypatch.setenv("PURRGAN_DATA", str(tmp_path / "cache"))  # no verdict cached by another test
     real_step, bf16_steps = loop.train_step, []
 
     def step(state, *args, **kwargs):
@@ -181,7 +183,31 @@ def test_amp_auto_stops_timing_a_bf16_that_has_already_lost(tmp_path, caplog, mo
     with caplog.at_level(logging.INFO):
         train(tiny_config(train__steps=3, train__amp="auto"), tmp_path / "run")
     assert "bf16 steps take over twice the float32 time; training in float32" in caplog.text
-    assert len(bf16_steps) < 5  # 2 warm-up + 3 timed would be 5: it gave up early
+    assert len(bf16_steps) < 8  # 2 warm-up + 3 rounds of 2 would be 8: it gave up early
+
+
+def test_amp_auto_alternates_its_trials_shows_them_and_keeps_its_verdict_for_the_next_run(tmp_path, caplog, monkeypatch):
+    import logging
+
+    import purrgan.loop as loop
+
+    monkeypatch.setenv("PURRGAN_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: True)
+    real_step, order = loop.train_step, []
+    monkeypatch.setattr(loop, "train_step", lambda state, *a, **k: order.append(state.precision) or real_step(state, *a, **k))
+    phases = []
+    with caplog.at_level(logging.INFO):
+        train(tiny_config(train__steps=2, train__amp="auto"), tmp_path / "a", on_phase=lambda *p: phases.append(p))
+    trial = order[:16]  # warm-up 2 + 2, then 3 rounds of 2 + 2, alternating
+    assert trial == ([None] * 2 + [torch.bfloat16] * 2) * 4
+    assert phases[-1] == ("measuring bf16 against float32", 16, 16) and "measuring bf16 against float32 on this CPU" in caplog.text
+    chosen = load_config(config_file=tmp_path / "a" / "config.toml").train.amp
+    caplog.clear()
+    order.clear()
+    with caplog.at_level(logging.INFO):
+        train(tiny_config(train__steps=2, train__amp="auto"), tmp_path / "b")
+    assert order == [torch.bfloat16 if chosen == "bf16" else None] * 2  # only the run's own steps: nothing measured
+    assert "delete" in caplog.text and load_config(config_file=tmp_path / "b" / "config.toml").train.amp == chosen
 
 
 def test_max_minutes_stops_with_a_resumable_checkpoint(tmp_path, caplog):

@@ -196,7 +196,7 @@ def test_streamed_feature_statistics_equal_torch_fidelitys_over_all_images():
     np.testing.assert_array_equal(result["logits"], features[:1000, :5].numpy())
 
 
-def test_a_feature_extractor_may_return_a_plain_tensor_and_anything_else_is_one_line(tmp_path, monkeypatch):
+def test_a_feature_extractor_may_return_a_plain_tensor_and_anything_else_is_one_line(tmp_path, monkeypatch, capsys, caplog):
     import sys
     import types
 
@@ -216,6 +216,12 @@ def test_a_feature_extractor_may_return_a_plain_tensor_and_anything_else_is_one_
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     results = evaluate_paths(str(folder), str(folder), ["fid", "kid"], load_extractor("my_features:pooled"))
     assert results["fid"] < 1e-6  # a set against itself, through a plain (N, 48) tensor
+    # evaluate's default metrics leave out what the extractor cannot give (the Inception Score needs logits), and say so
+    with caplog.at_level(logging.INFO):
+        assert main(["evaluate", "--real", str(folder), "--fake", str(folder), "--feature-extractor", "my_features:pooled"]) == 0
+    printed = capsys.readouterr().out
+    assert "fid" in printed and "kid" in printed and "precision" in printed and "\nis " not in "\n" + printed
+    assert "leaving out the Inception Score" in caplog.text
     for name, says in (("text", "returned str; return a \\(N, D\\) tensor"), ("broken", "failed on uint8 images .*ZeroDivisionError")):
         with pytest.raises(PurrganError, match=says):
             evaluate_paths(str(folder), str(folder), ["fid"], load_extractor(f"my_features:{name}"))

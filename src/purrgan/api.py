@@ -216,7 +216,8 @@ class PhaseBars:
         if what not in self.bars:
             if done >= total:
                 return  # nothing to wait for: an up-to-date cache, say
-            self.bars[what] = tqdm(total=total, initial=done, desc=what, unit="file", dynamic_ncols=True, leave=False)
+            unit = "file" if what.startswith("preparing") else "step" if what.startswith("measuring bf16") else "image"
+            self.bars[what] = tqdm(total=total, initial=done, desc=what, unit=unit, dynamic_ncols=True, leave=False)
         self.bars[what].update(done - self.bars[what].n)
         if done >= total:
             self.bars.pop(what).close()

@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="FID, KID, Inception Score and precision/recall of a run or two image sets")
     evaluate.add_argument("run", nargs="?", metavar="RUN_DIR_OR_CHECKPOINT")
-    evaluate.add_argument("--metrics", default="fid,kid,is,pr", help="any of fid,kid,is,pr (default all)")
+    evaluate.add_argument("--metrics", help="any of fid,kid,is,pr (default: all that the feature extractor allows)")
     evaluate.add_argument("--num", type=int, default=50000, help="generated images (default 50000, as in papers)")
     evaluate.add_argument("--split", default="train", choices=("train", "val", "all"), help="real images to compare with")
     evaluate.add_argument("--real", metavar="PATH", help="with --fake: compare two folders/archives/prepared files")
@@ -267,7 +267,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .metrics.features import load_extractor
     from .device import resolve_device
 
-    names = parse_metrics(args.metrics)
+    names = parse_metrics(args.metrics or "fid,kid,is,pr")
     if (args.real is None) != (args.fake is None):
         raise PurrganError("give both --real and --fake, or a run folder")
     if args.run is None and args.real is None:
@@ -275,13 +275,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.num <= 0:
         raise PurrganError("--num must be positive")
     extractor = load_extractor(args.feature_extractor, args.inception_weights, resolve_device(args.device))
-    from .metrics.evaluate import check_extractor
+    from .metrics.evaluate import check_extractor, has_logits
 
+    if args.metrics is None and "is" in names and not has_logits(extractor):
+        names.remove("is")
+        log.info("leaving out the Inception Score: feature extractor %s gives no classifier logits", args.feature_extractor)
     check_extractor(names, extractor)
     if args.real is not None:
         results = evaluate_paths(args.real, args.fake, names, extractor, args.size)
     else:
-        results = evaluate_run(args.run, names, args.num, args.split, extractor)
+        from .api import PhaseBars
+
+        results = evaluate_run(args.run, names, args.num, args.split, extractor, PhaseBars())
     width = max(map(len, results))
     for name, value in results.items():
         print(f"{name:<{width}}  {value:.4f}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import json
 import math
+import statistics
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -18,6 +20,8 @@ from . import checkpoint
 from .config import Config, to_toml
 from .data import ImageSet, load_images, split_validation, to_float
 from .device import cpu_has_native_bf16, describe_device, resolve_device, tune_backends
+from .data.download import cache_dir
+from .dist import Distributed
 from .dist import setup as setup_distributed
 from .dist import teardown as teardown_distributed
 from .dist import weights_checksum
@@ -25,7 +29,7 @@ from .ema import ema_decay, update_ema
 from .errors import PurrganError
 from .generate import fixed_noise, sample_fixed
 from .health import HealthWarning, TrainingDiverged, first_non_finite
-from .losses import Batch, apply_constraints, d_half_objective, d_objective, g_objective
+from .losses import LOSSES, Batch, apply_constraints, d_half_objective, d_objective, g_objective
 from .monitor import NullMonitor, RunMonitor, layer_grad_norms, weights_and_grads
 from .rundir import RunFolder
 from .state import TrainState, check_config, micro_batches
@@ -266,14 +270,17 @@ def prepare_config(config: Config, data: ImageSet) -> Config:
     return config
 
 
-def settle_precision(config: Config, data: ImageSet, device: torch.device, dist, resumed: str | None = None) -> Config:
-    """Return config with train.amp = "auto" settled for a CPU: bf16 only where a short measurement shows a gain.
+def settle_precision(config: Config, data: ImageSet, device: torch.device, dist, resumed: str | None = None,
+                     on_phase: PhaseCallback | None = None) -> Config:
+    """Return config with train.amp = "auto" settled for a CPU: bf16 only where a measurement shows a gain.
 
     bf16 autocast is 1.3-2x faster on CPUs with native bf16 and slower on those without, so "auto"
-    times a few small steps both ways (on throw-away networks: the run's random streams are
-    untouched) and keeps float32 unless bf16 is at least 15% faster. A CPU without native bf16 is not
-    measured (emulated bf16 with a double backward took over 10 minutes for the trial alone). A resumed
-    run keeps its choice. With several processes rank 0 measures and decides for all, and says so once.
+    times small steps both ways (on throw-away networks: the run's random streams are untouched),
+    in alternating rounds so that a change in the machine's load hits both alike, and keeps float32
+    unless bf16's median is at least 15% faster. The verdict is cached per CPU model, torch version and
+    network (single trials had flipped between identical runs: 102%, 77%); a CPU without native bf16
+    is not measured (emulated bf16 with a double backward took over 10 minutes for the trial alone).
+    A resumed run keeps its choice. With several processes rank 0 decides for all, and says so once.
     """
     if config.train.amp != "auto" or device.type != "cpu":
         return config
@@ -281,14 +288,24 @@ def settle_precision(config: Config, data: ImageSet, device: torch.device, dist,
         return replace(config, train=replace(config.train, amp=resumed))
 
     def decide() -> bool:
-        if cpu_has_native_bf16():
-            seconds = _time_steps_both_ways(config, data, device, dist)
-            faster = seconds["bf16"] < seconds["off"] / 1.15
-            why = (f"bf16 steps take {100 * seconds['bf16'] / seconds['off']:.0f}% of the float32 time"
-                   if seconds["bf16"] < float("inf") else "bf16 steps take over twice the float32 time")
-        else:  # emulated bf16 is slower, with a double backward (R1, the GP) by minutes a step: don't even measure
+        if not cpu_has_native_bf16():  # emulated bf16 is slower, with a double backward by minutes a step
             faster, why = False, "this CPU has no native bf16"
-        ranks = f" (measured by rank 0 for all {dist.world_size} processes)" if dist.enabled else ""
+        else:
+            cache, key = cache_dir() / "precision.json", _precision_key(config, device)
+            verdicts = _read_verdicts(cache)
+            if key in verdicts:
+                faster, why = verdicts[key]["bf16"], f"{verdicts[key]['why']} (measured {verdicts[key]['measured']}; " \
+                                                     f"delete {cache} to measure again)"
+            else:
+                log.info("measuring bf16 against float32 on this CPU for this model (a few small steps each, once: the "
+                         "verdict is kept in %s)", cache)
+                seconds = _time_steps_both_ways(config, data, device, on_phase)
+                faster = seconds["bf16"] < seconds["off"] / 1.15
+                why = (f"bf16 steps take {100 * seconds['bf16'] / seconds['off']:.0f}% of the float32 time"
+                       if seconds["bf16"] < float("inf") else "bf16 steps take over twice the float32 time")
+                verdicts[key] = {"bf16": faster, "why": why, "measured": time.strftime("%Y-%m-%d")}
+                checkpoint.write_atomic(cache, json.dumps(verdicts, indent=1).encode(), "the verdict is not kept")
+        ranks = f" (decided by rank 0 for all {dist.world_size} processes)" if dist.enabled else ""
         log.info("mixed precision on this CPU: %s; training in %s%s", why, "bf16" if faster else "float32", ranks)
         return faster
 
@@ -296,25 +313,49 @@ def settle_precision(config: Config, data: ImageSet, device: torch.device, dist,
     return replace(config, train=replace(config.train, amp="bf16" if faster else "off"))
 
 
-def _time_steps_both_ways(config: Config, data: ImageSet, device: torch.device, dist) -> dict[str, float]:
-    """Return the seconds of 3 small steps in float32 and in bf16, after 2 warm-up steps each; inf for a bf16 that loses badly."""
-    seconds, limit = {}, float("inf")  # limit: past twice float32's whole trial, bf16 has lost
-    for amp in ("off", "bf16"):
-        trial = replace(config, train=replace(config.train, amp=amp, compile=False, ema=0.0,
-                                              batch_size=min(config.train.batch_size, 32, len(data))))
-        state = TrainState.create(trial, data, device, type(dist)())  # this process alone: no collectives
-        started = time.perf_counter()
-        for _ in range(2):  # warm-up: oneDNN builds its kernels on first use
-            train_step(state)
-        timed, lost = time.perf_counter(), False
-        for _ in range(3):
-            train_step(state)
-            lost = time.perf_counter() - started > limit
-            if lost:
-                break  # don't spend minutes proving it
-        seconds[amp] = float("inf") if lost else time.perf_counter() - timed
-        limit = 2 * (time.perf_counter() - started) + 1
-    return seconds
+def _precision_key(config: Config, device: torch.device) -> str:
+    """Return what bf16's gain depends on: the CPU model, torch, and the network and loss a step runs."""
+    model, loss = config.model, config.loss
+    penalties = ",".join(r.name for r in LOSSES[loss.name].d_penalties(loss)) if loss.name in LOSSES else ""
+    return (f"{describe_device(device)} | torch {torch.__version__} | {model.arch} {config.data.resolution}px "
+            f"{config.data.channels}c g{model.g_width} d{model.d_width} z{model.z_dim} {model.conditional} "
+            f"{sorted(model.options.items())} | {loss.name} {penalties} | {config.optim.d_update} "
+            f"d{config.optim.d_steps} g{config.optim.g_steps}")
+
+
+def _read_verdicts(path: Path) -> dict:
+    try:
+        verdicts = json.loads(path.read_text())
+        return verdicts if isinstance(verdicts, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _time_steps_both_ways(config: Config, data: ImageSet, device: torch.device,
+                          on_phase: PhaseCallback | None = None, rounds: int = 3, steps: int = 2) -> dict[str, float]:
+    """Return the median seconds of `steps` small steps in float32 and in bf16, over alternating rounds after
+    2 warm-up steps each; inf for a bf16 that has lost badly (past twice float32's time, plus a second)."""
+    states = {amp: TrainState.create(replace(config, train=replace(
+        config.train, amp=amp, compile=False, ema=0.0, batch_size=min(config.train.batch_size, 32, len(data)))),
+        data, device, Distributed()) for amp in ("off", "bf16")}  # this process alone: no collectives
+    spent, times = {"off": 0.0, "bf16": 0.0}, {"off": [], "bf16": []}
+    total, done = 2 * (2 + rounds * steps), 0
+    for phase in ["warm-up"] + list(range(rounds)):
+        for amp, state in states.items():
+            started = time.perf_counter()
+            for _ in range(2 if phase == "warm-up" else steps):  # warm-up: oneDNN builds its kernels on first use
+                train_step(state)
+                done += 1
+                if on_phase:
+                    on_phase("measuring bf16 against float32", done, total)
+                if amp == "bf16" and spent["bf16"] + time.perf_counter() - started > 2 * spent["off"] + 1:
+                    if on_phase:
+                        on_phase("measuring bf16 against float32", total, total)
+                    return {"off": 1.0, "bf16": float("inf")}  # don't spend minutes proving it
+            spent[amp] += time.perf_counter() - started
+            if phase != "warm-up":
+                times[amp].append(time.perf_counter() - started)
+    return {amp: statistics.median(values) for amp, values in times.items()}
 
 
 def _resumable(run_dir: Path) -> tuple[dict, Path] | None:
@@ -367,7 +408,7 @@ def _train(config: Config, run_dir: Path, resume: bool, on_progress, stop, dist,
     # Rank 0 reads the checkpoint and hands it to the others: the run folder need not be shared between machines.
     saved = dist.on_main(lambda: _resumable(run_dir), share=True) if resume else None
     resume = saved is not None  # a folder whose first session stopped before any checkpoint starts at step 0
-    config = settle_precision(config, data, device, dist, _saved_setting(saved, "train", "amp"))
+    config = settle_precision(config, data, device, dist, _saved_setting(saved, "train", "amp"), on_phase)
 
     state = TrainState.create(config, data, device, dist)
     tune_backends(device, state.precision, config.train.deterministic)
@@ -378,7 +419,7 @@ def _train(config: Config, run_dir: Path, resume: bool, on_progress, stop, dist,
     if config.train.eval_every:
         from .metrics.evaluate import Evaluator
         # Fails fast: weights and reference statistics (minutes, the first time) before training; rank 0 alone.
-        evaluator = dist.on_main(lambda: Evaluator(config, device))
+        evaluator = dist.on_main(lambda: Evaluator(config, device, on_phase))
     if saved:
         state.load_state_dict(*saved)
         log.info("resuming %s from step %d (%s)", run_dir, state.step, saved[1])

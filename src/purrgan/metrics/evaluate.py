@@ -26,7 +26,8 @@ def _batches(images: torch.Tensor, size: int = 250):
         yield images[start:start + size]
 
 
-def reference_statistics(config, split: str, extractor: FeatureExtractor, max_images: int = 50_000) -> dict[str, np.ndarray]:
+def reference_statistics(config, split: str, extractor: FeatureExtractor, max_images: int = 50_000,
+                         on_phase=None) -> dict[str, np.ndarray]:
     """Return mu, sigma and (up to 10k) features of a run's real images, cached by data set, split and size.
 
     split: "train" (what the run trains on), "val" (the held-out data.val_fraction) or "all".
@@ -52,17 +53,21 @@ def reference_statistics(config, split: str, extractor: FeatureExtractor, max_im
         raise PurrganError("--split val needs a held-out part: train with --set data.val_fraction=0.1 (for example)")
     index = torch.randperm(len(chosen), generator=torch.Generator().manual_seed(0))[:max_images]
     log.info("computing reference statistics of %d real images (once; cached in %s)", len(index), path.parent)
-    features = extract(extractor, chosen.batches(index, size=250), keep=REAL_FEATURES_KEPT)
+    follow = (lambda done: on_phase("reference statistics of the real images", done, len(index))) if on_phase else None
+    features = extract(extractor, chosen.batches(index, size=250), keep=REAL_FEATURES_KEPT, progress=follow)
     stats = {"mu": features["mu"], "sigma": features["sigma"], "features": np.ascontiguousarray(features["features"])}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(stats, str(path), metadata={"key": key})
     return stats
 
 
-def generated_features(generator, num: int, extractor: FeatureExtractor, seed: int = 0, batch_size: int = 250) -> dict:
+def generated_features(generator, num: int, extractor: FeatureExtractor, seed: int = 0, batch_size: int = 250,
+                       on_phase=None) -> dict:
     """Return the FeatureStats of num samples of generator (classes in turn for a conditional one), streamed:
     each batch goes from the generator to the extractor on the device, and only statistics are kept."""
-    return extract(extractor, (to_uint8(images) for images in generator.batches(num, seed=seed, batch_size=batch_size)))
+    follow = (lambda done: on_phase("measuring samples", done, num)) if on_phase else None
+    return extract(extractor, (to_uint8(images) for images in generator.batches(num, seed=seed, batch_size=batch_size)),
+                   progress=follow)
 
 
 def compute(names: list[str], real: dict, fake: dict) -> dict[str, float]:
@@ -76,13 +81,15 @@ def compute(names: list[str], real: dict, fake: dict) -> dict[str, float]:
     return results
 
 
-def evaluate_generator(generator, names: list[str], num: int, split: str, extractor: FeatureExtractor) -> dict[str, float]:
+def evaluate_generator(generator, names: list[str], num: int, split: str, extractor: FeatureExtractor,
+                       on_phase=None) -> dict[str, float]:
     """Return the metrics of a TrainedGenerator against its training data's reference statistics."""
-    real = reference_statistics(generator.config, split, extractor)
-    return compute(names, real, generated_features(generator, num, extractor))
+    real = reference_statistics(generator.config, split, extractor, on_phase=on_phase)
+    return compute(names, real, generated_features(generator, num, extractor, on_phase=on_phase))
 
 
-def evaluate_run(run: str | Path, names: list[str], num: int, split: str, extractor: FeatureExtractor) -> dict[str, float]:
+def evaluate_run(run: str | Path, names: list[str], num: int, split: str, extractor: FeatureExtractor,
+                 on_phase=None) -> dict[str, float]:
     """Return the metrics of a run's generator (G_ema when present) and write them to metrics.json in the run."""
     from ..generate import load_generator
 
@@ -91,7 +98,7 @@ def evaluate_run(run: str | Path, names: list[str], num: int, split: str, extrac
     if num < COMPARABLE:
         log.warning("%d generated images: below %d FID and KID are biased upwards and not comparable with published "
                     "numbers", num, COMPARABLE)
-    results = evaluate_generator(generator, names, num, split, extractor)
+    results = evaluate_generator(generator, names, num, split, extractor, on_phase)
     folder = Path(run) if Path(run).is_dir() else None
     if folder is not None:
         record = {**results, "step": generator.step, "num": num, "split": split, "extractor": extractor.name,
@@ -125,12 +132,14 @@ def evaluate_paths(real: str, fake: str, names: list[str], extractor: FeatureExt
     return compute(names, extract(extractor, _batches(real_images)), extract(extractor, _batches(fake_images)))
 
 
+def has_logits(extractor: FeatureExtractor) -> bool:
+    """Return whether the extractor gives classifier logits (what the Inception Score needs), by a probe on 2 images."""
+    return extractor(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).get("logits") is not None
+
+
 def check_extractor(names: list[str], extractor: FeatureExtractor) -> None:
     """Fail before any long feature extraction when a metric needs what the extractor does not give (IS: logits)."""
-    if "is" not in names:
-        return
-    probe = extractor(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
-    if probe.get("logits") is None:
+    if "is" in names and not has_logits(extractor):
         raise PurrganError("the Inception Score needs classifier logits, which this feature extractor does not give; "
                            "leave 'is' out of --metrics")
 
@@ -138,14 +147,14 @@ def check_extractor(names: list[str], extractor: FeatureExtractor) -> None:
 class Evaluator:
     """Metrics during training (the run's own feature extractor and cached reference statistics) and the best FID."""
 
-    def __init__(self, config, device: torch.device):
+    def __init__(self, config, device: torch.device, on_phase=None):
         from . import parse_metrics
         from .features import load_extractor
 
         self.config, self.names = config, parse_metrics(config.train.eval_metrics)
         self.extractor = load_extractor(config.train.feature_extractor, config.train.inception_weights or None, device)
         check_extractor(self.names, self.extractor)
-        self.real = reference_statistics(config, config.train.eval_split, self.extractor)
+        self.real = reference_statistics(config, config.train.eval_split, self.extractor, on_phase=on_phase)
 
     def evaluate(self, network: torch.nn.Module, step: int, class_names: list[str]) -> dict[str, float]:
         """Return the metrics of network (G or G_ema) against the reference statistics, in eval mode."""

@@ -12,7 +12,7 @@ import hashlib
 import importlib
 import os
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 import torch
@@ -183,11 +183,15 @@ class FeatureStats:
                 **{key: np.concatenate(parts) for key, parts in self.kept.items()}}
 
 
-def extract(extractor: FeatureExtractor, batches: Iterable[torch.Tensor], keep: int = KEPT) -> dict[str, np.ndarray]:
-    """Return the FeatureStats result of the extractor's outputs for uint8 batches (N, C, H, W), one batch at a time."""
+def extract(extractor: FeatureExtractor, batches: Iterable[torch.Tensor], keep: int = KEPT,
+            progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """Return the FeatureStats result of the extractor's outputs for uint8 batches (N, C, H, W), one batch at a time;
+    progress(images done) follows it."""
     stats = FeatureStats(keep)
     for batch in batches:
         if batch.shape[1] == 1:
             batch = batch.expand(-1, 3, -1, -1)  # Inception expects RGB
         stats.add(extractor(batch))
+        if progress:
+            progress(stats.count)
     return stats.result()
