@@ -89,3 +89,42 @@ def test_an_interrupt_stops_cleanly_with_a_resumable_checkpoint(tmp_path, monkey
     monkeypatch.undo()
     resumed = purrgan.train(out=tmp_path / "run", resume=True, steps=run.steps + 3, progress=False)
     assert resumed.steps == run.steps + 3 and not resumed.stopped
+
+
+def test_the_bar_follows_a_time_budget_and_a_resumed_session_shows_losses_like_a_fresh_one(tmp_path, monkeypatch):
+    from purrgan import api
+
+    clock = [100.0]
+    monkeypatch.setattr(api.time, "monotonic", lambda: clock[0])
+    bar = api.ProgressBar(max_minutes=3.0)  # 180 s
+    bar(500, 2000, None)  # a resumed session starts at step 500
+    clock[0] += 10.0
+    bar(510, 2000, {"d_loss": 1.2, "g_loss": 0.9, "d_real": 0.6, "d_fake": 0.4, "images_per_s": 128.0})
+    assert bar.bar.total == 500 + 1 * 180  # 1 step/s for 3 minutes, not the run's 2,000 steps (ETA 3:39:36 before)
+    assert "D 1.200" in bar.bar.postfix and "128 img/s" in bar.bar.postfix
+    bar.close()
+    rows = []
+    overrides = {k: v for k, v in TINY.items() if k != "train.steps"}
+    purrgan.train(out=tmp_path / "run", steps=10, overrides=overrides, progress=False)
+    from purrgan.loop import train as loop_train
+
+    config, out = run_config(out=tmp_path / "run", resume=True, steps=30)
+    loop_train(config, out, resume=True, on_progress=lambda step, total, row, done: rows.append(row))
+    shown = [r for r in rows if r is not None]
+    assert shown and {"d_loss", "g_loss", "images_per_s"} <= set(shown[-1]) and shown[-1]["step"] == 30
+
+
+def test_run_json_records_how_the_run_was_asked_for(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    tiny = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+    subprocess.run([sys.executable, "-m", "purrgan", "train", "--out", str(tmp_path / "a"), "--steps", "2", "--quiet",
+                    *tiny], check=True, capture_output=True)
+    command = json.loads((tmp_path / "a" / "run.json").read_text())["environment"]["command"]
+    assert command.startswith("python -m purrgan train --out ") and "--steps 2" in command
+    purrgan.train(out=tmp_path / "b", steps=2, overrides={k: v for k, v in TINY.items() if k != "train.steps"},
+                  progress=False)
+    call = json.loads((tmp_path / "b" / "run.json").read_text())["environment"]["command"]
+    assert call.startswith("purrgan.train(out=") and "steps=2" in call

@@ -232,3 +232,29 @@ def test_d_leading_for_a_few_logged_steps_is_not_d_winning():
     rows = [lead, lead, lead, near, lead, lead, lead, near] * 3  # the mean of every 8 meets the bar; not every row does
     assert [w for step, row in zip(range(100, 700, 25), rows) for w in monitor.check_losses(step, row)] == []
     assert monitor.checked  # it did look
+
+
+def test_a_run_too_short_to_check_says_not_checked_instead_of_no_warnings(tmp_path, trained_run):
+    run = tmp_path / "short"
+    train(tiny_config(train__steps=20), run)
+    page = (run / "report.html").read_text()
+    assert "not checked: the run ended at step 20, before the health checks start" in page
+    assert "no health check fired" not in page
+    assert "no health check fired" in (trained_run / "report.html").read_text()  # 300 steps: it looked, and found none
+
+
+def test_a_warning_printed_while_the_bar_runs_starts_on_its_own_line(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import TINY
+
+    tiny = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+    out = subprocess.run([sys.executable, "-m", "purrgan", "train", "--out", str(tmp_path / "run"), "--steps", "150",
+                          "--logger", "none", *tiny, "--set", "optim.lr_d=5e-3", "--set", "optim.lr_g=1e-6"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stderr.split("\n") if "D is winning" in line]
+    assert lines and "train:" in out.stderr  # the bar was there
+    before = lines[0][:lines[0].index("purrgan: ")]
+    assert before.replace("\r", "").strip() == "", repr(before[-120:])  # not glued to the end of the bar

@@ -192,8 +192,11 @@ def train(data: str | None = None, preset: str | None = None, out: str | Path | 
     log = logging.getLogger("purrgan")
     try:
         with stop_on_signals(stop, log.info), bar_safe_logging():
+            given = {"data": data, "preset": preset, "out": str(out), "config": config, "resume": resume or None,
+                     "overrides": overrides, **options}
+            call = "purrgan.train(" + ", ".join(f"{k}={v!r}" for k, v in given.items() if v is not None) + ")"
             result = run_training(config_, out, resume=resume, on_progress=on_progress, stop=stop,
-                                  on_phase=PhaseBars(progress))
+                                  on_phase=PhaseBars(progress), command=call)
     finally:
         bar.close()
     if result.stopped:

@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_rank = _rank() != 0  # under torchrun only rank 0 talks
     logging.basicConfig(level=logging.ERROR if quiet_rank else logging.INFO, format="purrgan: %(message)s")
     args = _parser().parse_args(argv)
+    args.command_line = command_line(sys.argv[1:] if argv is None else argv, from_shell=argv is None)
     try:
         if args.command == "train":
             return _train(args)
@@ -169,6 +170,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def command_line(arguments: list[str], from_shell: bool = True) -> str:
+    """Return the command line as the user typed it: `purrgan ...`, `python -m purrgan ...` or `torchrun ... -m purrgan ...`."""
+    import shlex
+
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world > 1:
+        prefix = ["torchrun", f"--nnodes={max(world // max(local, 1), 1)}", f"--nproc_per_node={local}", "-m", "purrgan"]
+    elif from_shell and Path(sys.argv[0]).name == "__main__.py":
+        prefix = ["python", "-m", "purrgan"]
+    else:
+        prefix = ["purrgan"]
+    return shlex.join(prefix + list(arguments))
+
+
 def _rank() -> int:
     rank = os.environ.get("RANK", "0")
     return int(rank) if rank.isdigit() else 0
@@ -198,7 +213,8 @@ def _train(args: argparse.Namespace) -> int:
     stop = threading.Event()
     try:
         with stop_on_signals(stop, log.info), bar_safe_logging():
-            result = train(config, out, resume=args.resume, on_progress=bar, stop=stop, on_phase=PhaseBars(not quiet))
+            result = train(config, out, resume=args.resume, on_progress=bar, stop=stop, on_phase=PhaseBars(not quiet),
+                           command=args.command_line)
     finally:
         bar.close()
     if result.stopped:

@@ -218,7 +218,7 @@ def fit_to_prepared_file(config: Config) -> Config:
     return config
 
 
-def run_summary(config: Config, data: ImageSet, state: TrainState) -> dict:
+def run_summary(config: Config, data: ImageSet, state: TrainState, command: str = "") -> dict:
     """Return what the report shows about the data and the machine (written as run.json at the start)."""
     import platform
     import sys
@@ -235,7 +235,7 @@ def run_summary(config: Config, data: ImageSet, state: TrainState) -> dict:
                         "precision": "bf16" if state.precision == torch.bfloat16 else "fp16" if state.precision else "float32",
                         "processes": state.dist.world_size, "torch": torch.__version__, "purrgan": __version__,
                         "python": platform.python_version(), "platform": platform.platform(),
-                        "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+                        "command": command or " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
     }
 
 
@@ -375,11 +375,12 @@ def _saved_setting(saved: tuple[dict, Path] | None, section: str, key: str):
 
 
 def train(config: Config, run_dir: Path, resume: bool = False, on_progress: ProgressCallback | None = None,
-          stop: threading.Event | None = None, on_phase: PhaseCallback | None = None) -> RunResult:
+          stop: threading.Event | None = None, on_phase: PhaseCallback | None = None, command: str = "") -> RunResult:
     """Train config's GAN into run_dir (continuing its last checkpoint when resume) and return where things are.
 
     Setting stop (e.g. from a signal handler) ends the run after the current step, with a checkpoint.
-    on_phase(what, done, total) follows the long phases before the first step (preparing the data).
+    on_phase(what, done, total) follows the long phases before the first step (preparing the data). command is
+    how the run was asked for, as run.json records it (the command line, or the Python call).
     Everything that can fail is checked before anything is written; the run folder is locked while
     training (RunFolder), and a folder holding an earlier run is refused without resume.
     """
@@ -391,11 +392,11 @@ def train(config: Config, run_dir: Path, resume: bool = False, on_progress: Prog
     with contextlib.ExitStack() as folder:
         # Rank 0 alone locks and writes the run folder; if it cannot, every rank stops with its message.
         dist.on_main(lambda: folder.enter_context(RunFolder(run_dir, resume, config.data.source)))
-        return _train(config, run_dir, resume, on_progress, stop, dist, device, on_phase)
+        return _train(config, run_dir, resume, on_progress, stop, dist, device, on_phase, command)
 
 
 def _train(config: Config, run_dir: Path, resume: bool, on_progress, stop, dist, device: torch.device,
-           on_phase: PhaseCallback | None = None) -> RunResult:
+           on_phase: PhaseCallback | None = None, command: str = "") -> RunResult:
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     config = fit_to_prepared_file(config)
@@ -428,7 +429,7 @@ def _train(config: Config, run_dir: Path, resume: bool, on_progress, stop, dist,
 
     shown = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.train.seed))[:config.train.num_samples]
     monitor = (RunMonitor(run_dir, config, state.total_steps, state.step, to_float(data.batch(shown)),
-                          run_summary(config, data, state)) if dist.is_main else NullMonitor())
+                          run_summary(config, data, state, command)) if dist.is_main else NullMonitor())
     # ^ starts the loggers: a failure here leaves nothing behind
     if dist.is_main:
         checkpoint.write_atomic(run_dir / "config.toml", to_toml(config).encode("utf-8"), "nothing was trained yet")
