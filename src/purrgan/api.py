@@ -152,6 +152,23 @@ class Run:
             image.load()
             return image
 
+    def interpolate(self, rows: int = 4, steps: int = 8, seed: int = 0, spherical: bool = True, class_name: str | None = None):
+        """Return a grid of rows walks between random latents, steps images each, as a PIL image."""
+        from .generate import interpolation_grid
+        from .monitor import grid_image
+
+        return grid_image(interpolation_grid(self.generator, rows, steps, seed, spherical, class_name), nrow=steps)
+
+    def export(self, path: str | Path, format: str | None = None) -> Path:
+        """Write the generator alone as ONNX, TorchScript or safetensors (from path's extension: .onnx, .pt, .safetensors)."""
+        from .export import export
+
+        path = Path(path)
+        chosen = format or {".onnx": "onnx", ".pt": "torchscript", ".safetensors": "safetensors"}.get(path.suffix.lower())
+        if chosen is None:
+            raise PurrganError(f"{path}: name the file .onnx, .pt (TorchScript) or .safetensors, or give format=")
+        return export(self.generator, chosen, path)
+
     @property
     def report(self) -> Path:
         """The run's report.html (open it in a browser)."""
