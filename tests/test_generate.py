@@ -156,3 +156,21 @@ def test_sample_streams_single_files_and_caps_the_grid(trained_run, tmp_path, mo
     first = np.asarray(Image.open(tmp_path / "single" / "00000.png"))
     expected = np.asarray(to_pil(load_generator(trained_run).sample(12, seed=1))[0])
     np.testing.assert_array_equal(first, expected)
+
+
+def test_class_grids_name_their_classes_and_separate_refuses_a_folder_with_files(conditional_run, tmp_path, caplog, capsys):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        assert main(["sample", str(conditional_run), "--num", "8", "--seed", "0", "--out", str(tmp_path / "grid.png")]) == 0
+    assert "one class per column: 1, 7" in caplog.text
+    grid = np.asarray(Image.open(tmp_path / "grid.png").convert("L"))
+    assert grid.shape == (4 * 34 + 2 + 14, 2 * 34 + 2)  # 4 rows of the 2 classes, under a strip of their names
+    assert grid[:14].min() < 100 and grid[:14].max() == 255  # dark names on white
+    folder = tmp_path / "single"
+    folder.mkdir()
+    (folder / "mine.png").write_bytes(b"a picture of the user's")
+    assert main(["sample", str(conditional_run), "--num", "2", "--out", str(tmp_path / "g.png"), "--separate", str(folder)]) == 2
+    assert "already holds files" in capsys.readouterr().err and sorted(p.name for p in folder.iterdir()) == ["mine.png"]
+    assert main(["sample", str(conditional_run), "--num", "2", "--out", str(tmp_path / "g.png"), "--separate", str(folder),
+                 "--overwrite"]) == 0

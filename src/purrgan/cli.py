@@ -26,7 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     source = train.add_mutually_exclusive_group()
     source.add_argument("--preset", help="a preset shipped with purrgan (see `purrgan presets`)")
     source.add_argument("--config", metavar="FILE.toml", help="a TOML config file (e.g. a run's config.toml)")
-    train.add_argument("--data", metavar="PATH_OR_NAME", help="'digits' or a folder of images (sets data.source)")
+    train.add_argument("--data", metavar="SOURCE",
+                       help="what to train on (sets data.source): 'digits' (built in); a named set (cats, cifar10, mnist, "
+                            "fashion-mnist, celeba; `purrgan data list`); a folder, .zip or .tar(.gz) of images, whose "
+                            "sub-folders are classes and whose train/, test/ or val/ folders are splits; or a prepared "
+                            ".safetensors file. Options follow a colon: :classes=cat,dog, :split=train|test|val|all|none "
+                            "(none: every folder is a class), :path=FILE (a named set's local copy), e.g. "
+                            "cifar10:classes=dog or ~/pics:split=all")
     train.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<preset>)")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="number of generator updates")
@@ -53,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--class", dest="class_name", metavar="NAME",
                         help="class to draw from a conditional or per-class model (default: all classes in turn)")
     sample.add_argument("--truncation", type=float, metavar="T", help="truncation trick: redraw latents outside [-T, T]")
-    sample.add_argument("--separate", metavar="DIR", help="also write one PNG per image into DIR")
+    sample.add_argument("--separate", metavar="DIR", help="also write one PNG per image into DIR (an empty or new folder)")
+    sample.add_argument("--overwrite", action="store_true", help="with --separate: write into a folder that holds files")
     sample.add_argument("--nrow", type=int, help="images per grid row (default: square)")
     sample.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
 
@@ -158,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(error, ReportedElsewhere):  # under torchrun, rank 0 says it once for all
             print(f"purrgan: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `purrgan presets | head`: the reader left; not a disk problem
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that Python's exit flush stays quiet
+        return 1
     except OSError as error:  # a path that cannot be written or read: a full disk, a read-only folder, a missing parent
         where = f"{error.filename}: " if error.filename else ""
         print(f"purrgan: error: {where}{error.strerror or error}; check the path and the free space", file=sys.stderr)
@@ -244,6 +254,9 @@ def _sample(args: argparse.Namespace) -> int:
         raise PurrganError(f"--out {args.out}: give a picture file name ending in {', '.join(IMAGE_FORMATS)} (e.g. grid.png)")
     if args.separate and Path(args.separate).exists() and not Path(args.separate).is_dir():
         raise PurrganError(f"--separate {args.separate} is a file; give a folder for the single images")
+    if args.separate and Path(args.separate).is_dir() and any(Path(args.separate).iterdir()) and not args.overwrite:
+        raise PurrganError(f"--separate {args.separate} already holds files, which new images would mix with or "
+                           f"replace; give an empty or new folder, or add --overwrite")
     if args.num > GRID_MOST and not args.separate:
         raise PurrganError(f"--num {args.num:,} is more than a grid can show ({GRID_MOST:,}); add --separate DIR to write "
                            f"them as single PNG files (the grid then shows the first {GRID_MOST:,})")
@@ -258,8 +271,12 @@ def _sample(args: argparse.Namespace) -> int:
             for index, image in enumerate(to_pil(chunk), start=written):
                 save_image(image, Path(args.separate) / f"{index:0{digits}d}.png")
         written += len(chunk)
-    nrow = args.nrow or (len(generator.classes) if generator.classes and args.class_name is None else None)
-    grid = save_grid(torch.cat(shown), Path(args.out), nrow=nrow)  # a conditional grid shows one class per column
+    by_class = bool(generator.classes) and args.class_name is None and args.nrow is None
+    nrow = len(generator.classes) if by_class else args.nrow
+    # A conditional grid shows the classes in turn, one per column, named above it.
+    grid = save_grid(torch.cat(shown), Path(args.out), nrow=nrow, columns=generator.classes if by_class else None)
+    if by_class:
+        log.info("one class per column: %s", ", ".join(generator.classes))
     what = f"the first {GRID_MOST:,} of {args.num:,} images" if args.num > GRID_MOST else f"{args.num} images"
     log.info("wrote a grid of %s to %s (seed %d: --seed %d draws them again)", what, grid, seed, seed)
     if args.separate:
@@ -344,13 +361,23 @@ def _interpolate(args: argparse.Namespace) -> int:
 def _presets() -> int:
     from .config import RECOMMENDED, preset_names, preset_summary
 
+    import shutil
+    import textwrap
+
+    from .config import DEFAULT_PRESET
+
+    columns = min(shutil.get_terminal_size((80, 24)).columns, 100)  # 80 when piped
     names = preset_names()
-    width = max(map(len, names))
+    width = max(map(len, names)) + 2
     for name in names:
-        print(f"{name:<{width}}  {preset_summary(name)}")
-    print("\nrecommended:")
+        mark = "*" if name == DEFAULT_PRESET else " "
+        lines = textwrap.wrap(preset_summary(name), max(columns - width - 3, 30))
+        print(f"{mark} {name:<{width}}{lines[0] if lines else ''}")
+        for line in lines[1:]:
+            print(" " * (width + 2) + line)
+    print(f"\n* the default (`purrgan train` with no --preset)\n\nrecommended:")
     for use, name, why in RECOMMENDED:
-        print(f"  {use}: {name} ({why})")
+        print(textwrap.fill(f"{use}: {name} ({why})", columns, initial_indent="  ", subsequent_indent="    "))
     return 0
 
 

@@ -37,16 +37,40 @@ def tag(name: str) -> str:
     return f"loss/{name}" if name.endswith(("_penalty", "_loss")) else f"train/{name}"
 
 
-def grid_image(images: torch.Tensor, nrow: int | None = None) -> Image.Image:
-    """Return a PIL image of a grid of images in [-1, 1] (N, C, H, W), square by default."""
+def grid_image(images: torch.Tensor, nrow: int | None = None, columns: list[str] | None = None,
+               rows: list[str] | None = None) -> Image.Image:
+    """Return a PIL image of a grid of images in [-1, 1] (N, C, H, W), square by default.
+
+    columns / rows: names written above each column / left of each row (a class per column or per row).
+    """
     nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
     grid = make_grid(to_uint8(images).cpu(), nrow=nrow, padding=2, pad_value=0)  # (3, H', W') uint8
-    return Image.fromarray(grid.permute(1, 2, 0).numpy())
+    picture = Image.fromarray(grid.permute(1, 2, 0).numpy())
+    return _labelled(picture, images.shape[-1] + 2, columns, rows) if columns or rows else picture
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> Path:
-    """Write images in [-1, 1] as one PNG grid (atomically: never a half-written picture) and return its path."""
-    save_image(grid_image(images, nrow), path)
+def _labelled(grid: Image.Image, cell: int, columns: list[str] | None, rows: list[str] | None) -> Image.Image:
+    """Return grid with a strip of names above its columns and/or left of its rows (PIL's built-in 6x11 font)."""
+    from PIL import ImageDraw, ImageFont
+
+    font, char = ImageFont.load_default(), 6
+    left = min(max(len(n) for n in rows) * char + 6, 160) if rows else 0
+    top = 14 if columns else 0
+    out = Image.new("RGB", (grid.width + left, grid.height + top), (255, 255, 255))
+    out.paste(grid, (left, top))
+    draw = ImageDraw.Draw(out)
+    for index, name in enumerate(columns or []):
+        fits = max((cell - 2) // char, 1)  # a narrow column shows the start of a long name
+        draw.text((left + index * cell + 2, 1), name[:fits], fill=(0, 0, 0), font=font)
+    for index, name in enumerate(rows or []):
+        draw.text((2, top + index * cell + cell // 2 - 6), name[:(left - 6) // char], fill=(0, 0, 0), font=font)
+    return out
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, columns: list[str] | None = None,
+              rows: list[str] | None = None) -> Path:
+    """Write images in [-1, 1] as one grid picture (atomically: never a half-written one) and return its path."""
+    save_image(grid_image(images, nrow, columns, rows), path)
     return path
 
 

@@ -37,7 +37,7 @@ def finish_run(run_dir: Path, config: Config, sampler: nn.Module, class_names: l
         if classes:  # one row per class
             _make("samples/classes.png", lambda: save_grid(
                 torch.cat([trained.sample(8, seed=0, class_name=name) for name in classes]),
-                run_dir / "samples" / "classes.png", nrow=8))
+                run_dir / "samples" / "classes.png", nrow=8, rows=classes))
         if data is not None:
             _make("the memorisation check", lambda: check_memorisation(trained, data, run_dir))
     finally:

@@ -215,10 +215,12 @@ def _offline_message(name: str, source: NamedSource, folder: Path, error: Downlo
     still = [r for r in source.files if not (folder / r.filename).exists()]
     if len(still) == 1:
         return (f"could not download {name} ({error.reason}); without a network, download {error.url} elsewhere and "
-                f"put it at {error.dest}, or point at a copy with --data {name}:path=FILE")
+                f"put it at {error.dest}, or give the source as {name}:path=FILE (e.g. purrgan data prepare "
+                f"{name}:path=FILE, or purrgan train --data {name}:path=FILE)")
     return (f"could not download {name} ({error.reason}); without a network, download these {len(still)} files "
             f"elsewhere and put them in {folder}: {', '.join(r.filename for r in still)} (from "
-            f"{still[0].url.rsplit('/', 1)[0]}/), or point at a folder holding them with --data {name}:path=FOLDER")
+            f"{still[0].url.rsplit('/', 1)[0]}/), or give the source as {name}:path=FOLDER for a folder holding them "
+            f"(e.g. purrgan data prepare {name}:path=FOLDER, or purrgan train --data {name}:path=FOLDER)")
 
 
 # ---------------------------------------------------------------- turning images into arrays of one size
