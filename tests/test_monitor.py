@@ -258,3 +258,13 @@ def test_a_warning_printed_while_the_bar_runs_starts_on_its_own_line(tmp_path):
     assert lines and "train:" in out.stderr  # the bar was there
     before = lines[0][:lines[0].index("purrgan: ")]
     assert before.replace("\r", "").strip() == "", repr(before[-120:])  # not glued to the end of the bar
+
+
+def test_the_report_header_after_a_resume_shows_the_final_step_and_every_sessions_time(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(train__steps=20), run)
+    train(tiny_config(train__steps=33), run, resume=True)
+    page = (run / "report.html").read_text()
+    summary = json.loads((run / "run.json").read_text())["run"]
+    assert summary["step"] == 33 and summary["sessions"] == 2 and summary["training_seconds"] > 0
+    assert "<th>steps</th><td>33 of 33</td>" in page and "over 2 sessions" in page  # not the first session's 20

@@ -256,3 +256,16 @@ def test_load_config_survives_missing_preset_and_bad_cli_values():
         with pytest.raises(PurrganError):
             load_config(overrides=overrides)
     assert os.environ.get("PURRGAN_DATA")  # tests never touch the user's cache
+
+
+def test_the_printed_resume_command_trains_on_after_a_time_budget(tmp_path):
+    # --max-minutes belongs to one session: the resume command printed at the stop must train, not stop again at once.
+    run = tmp_path / "run"
+    first = subprocess.run(_command(run, "--steps", str(STEPS), "--max-minutes", "0.02"), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    stopped = checkpoint.load_latest(run)[0]["step"]
+    assert stopped < STEPS and "continue with: purrgan train --out" in first.stderr
+    printed = first.stderr.split("continue with: ")[1].split(" (to the end")[0].split()  # purrgan train --out RUN --resume
+    again = subprocess.run([sys.executable, "-m", "purrgan", *printed[1:], "--quiet"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert checkpoint.load_latest(run)[0]["step"] == STEPS  # to the end of the run
