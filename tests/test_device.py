@@ -53,7 +53,7 @@ def backend_flags():
 
 
 def test_a_float32_cuda_run_turns_on_cudnn_autotuning_and_tf32(backend_flags, monkeypatch, tmp_path):
-    from purrgan import train as train_module
+    from purrgan import loop as train_module
     from purrgan.device import tune_backends
 
     tune_backends(torch.device("cuda"), None)

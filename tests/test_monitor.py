@@ -65,7 +65,7 @@ def test_pictures_and_report_are_written(logged_run):
     page = (logged_run / "report.html").read_text()
     # real, generated, nearest training images, timelapse, losses, gradient flow
     assert page.count("data:image/") == 6 and "no health check fired" in page and "[model]" in page
-    assert "Memorisation score" in page and "Environment" in page and "torch" in page
+    assert "A near-copy is a sample" in page and "Environment" in page and "torch" in page
 
 
 def test_gif_is_appended_frame_by_frame(tmp_path):

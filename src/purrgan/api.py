@@ -46,8 +46,8 @@ def run_config(preset: str | None = None, config: str | Path | None = None, out:
         value = options.get(name)
         if value is not None and not value > 0:
             raise PurrganError(f"{spell(name)} must be positive, got {value}")
-    values = {OPTIONS[name]: value for name, value in options.items() if value is not None}
-    values.update(overrides or {})
+    values = dict(overrides or {})
+    values.update({OPTIONS[name]: value for name, value in options.items() if value is not None})  # named options win
     base = preset or (Path(config).stem if config else DEFAULT_PRESET)
     out = Path(out) if out else Path("runs") / base
     if resume and not preset and not config:
