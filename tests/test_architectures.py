@@ -17,7 +17,7 @@ def _config(arch, resolution, channels, **model):
 
 
 CASES = [(arch, res, ch) for arch, spec in ARCHITECTURES.items() for res in (32, 64) if res in spec.resolutions for ch in (1, 3)]
-CASES += [(arch, res, 3) for arch in ("dcgan", "r3gan") for res in (128, 256)]  # the GPU sizes
+CASES += [(arch, res, 3) for arch in ("dcgan", "r3gan", "fastgan") for res in (128, 256)]  # the GPU sizes
 
 
 @pytest.mark.parametrize("arch, resolution, channels", CASES)

@@ -16,12 +16,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as st_save
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .checkpoint import write_atomic
 from .config import to_dict
 from .errors import PurrganError
 from .generate import TrainedGenerator
 from .modelcard import write_model_card
+from .models import build_generator
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 
@@ -31,7 +33,14 @@ class _Exportable(nn.Module):
 
     def __init__(self, generator: TrainedGenerator):
         super().__init__()
-        self.network = generator.network
+        self.network = build_generator(generator.config)  # a copy to change, the exported weights loaded into it
+        self.network.load_state_dict(generator.network.state_dict())
+        self.network.eval()
+        # Spectral norm's power iteration (vdot) has no ONNX operator: bake each normalised weight in, as eval uses it.
+        for module in self.network.modules():
+            if parametrize.is_parametrized(module):
+                for name in list(module.parametrizations):
+                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.network(z, labels)
@@ -56,7 +65,7 @@ def export(generator: TrainedGenerator, fmt: str, out: Path) -> Path:
                     "classes": json.dumps(generator.classes), "step": str(generator.step),
                     "inputs": "z: float32 (N, z_dim) ~ N(0, 1)" + ("; labels: int64 (N,)" if generator.classes else ""),
                     "outputs": "images: float32 (N, C, H, W) in [-1, 1]"}
-        blob = st_save({k: v.detach().contiguous().cpu() for k, v in module.network.state_dict().items()}, metadata)
+        blob = st_save({k: v.detach().contiguous().cpu() for k, v in generator.network.state_dict().items()}, metadata)
         write_atomic(out, blob, "nothing was exported")  # a normal file mode (safetensors' own writer makes 0600)
     elif fmt == "torchscript":
         with warnings.catch_warnings():

@@ -288,10 +288,17 @@ class Loss:
         return gp in self.declares
 
 
+def declared_by(discriminator: nn.Module) -> list[Regulariser]:
+    """Return the regularisers an architecture's D declares (FastGAN's reconstruction), besides the loss's own."""
+    declare = getattr(discriminator, "regularisers", None)
+    return list(declare()) if callable(declare) else []
+
+
 def d_objective(loss: Loss, options: "LossConfig", discriminator: nn.Module, batch: Batch, step: int,
                 rng: torch.Generator | None = None) -> LossDict:
-    """Return D's loss for this step plus every D penalty that is due (weight * every * penalty), each also reported."""
-    due = [r for r in loss.regularisers(options) if r.side == "D" and r.due(step)]
+    """Return D's loss for this step plus every D penalty that is due (weight * every * penalty), each also reported:
+    the loss's own and those D's architecture declares."""
+    due = [r for r in loss.regularisers(options) + declared_by(discriminator) if r.side == "D" and r.due(step)]
     for wanted in {r.needs_grad for r in due} - {None}:  # differentiate D's own forward instead of running it again
         batch = replace(batch, **{wanted: getattr(batch, wanted).detach().requires_grad_(True)})
     out = loss.discriminator(discriminator, batch, options)

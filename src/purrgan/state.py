@@ -21,7 +21,7 @@ from .device import amp_dtype, autocast, maybe_compile, memory_format
 from .dist import Distributed
 from .ema import make_ema
 from .errors import PurrganError
-from .losses import LOSSES, Loss
+from .losses import LOSSES, Loss, declared_by
 from .models import ARCHITECTURES, build_discriminator, build_generator
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def check_split_updates(config: Config, loss: Loss) -> None:
         separable = ", ".join(name for name, candidate in LOSSES.items() if candidate.half is not None)
         raise PurrganError(f"{what} needs a loss with separate real and fake terms; loss.name '{config.loss.name}' "
                            f"has none: use one of {separable}, or optim.d_update = \"joint\"")
-    if penalties := loss.d_penalties(config.loss):
+    if penalties := loss.d_penalties(config.loss) + [r for r in declared_by(build_discriminator(config)) if r.active]:
         raise PurrganError(f"{what} cannot carry D's {', '.join(r.name for r in penalties)}, which needs the joint "
                            f"update: set optim.d_update = \"joint\" or switch the penalty off")
     if config.train.batch_size < 2:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from torch import nn
 
 from ..errors import PurrganError
-from . import dcgan, dcgan_linear, keras_cifar, r3gan, sngan
+from . import dcgan, dcgan_linear, fastgan, keras_cifar, r3gan, sngan
 from .perclass import PerClass
 
 if TYPE_CHECKING:
@@ -121,5 +121,13 @@ ARCHITECTURES: dict[str, Architecture] = {
         resolutions=(32, 64, 128, 256),
         summary="R3GAN (Huang et al. 2025): ResNeXt-style inverted bottlenecks, no normalisation, for rpgan + R1 + R2",
         options={"blocks": 2, "group_size": 16, "expansion": 2},
+    ),
+    "fastgan": Architecture(
+        generator=lambda c, k: fastgan.Generator(c.model.z_dim, *_sizes(c), c.model.g_width),
+        discriminator=lambda c, k: fastgan.Discriminator(*_sizes(c), c.model.d_width, **model_options(c)),
+        resolutions=(32, 64, 128, 256),
+        summary="FastGAN (Liu et al. 2021; lightweight-gan): skip-layer excitation in G, a D that also reconstructs "
+                "the real images (a declared D penalty), for small data sets",
+        options={"recon_weight": 1.0},
     ),
 }
