@@ -187,7 +187,7 @@ def run_recipe(args, label: str, preset: str, sets: list[str], seed: int, real: 
     if run.exists() and not args.reuse:
         sys.exit(f"{run} exists; remove it or pass --reuse to score it again")
     base = [sys.executable, "-m", "purrgan", "train", "--out", str(run), "--quiet", "--logger", "none"]
-    recipe = ["--preset", preset, "--data", args.data, "--seed", str(seed), *[a for s in sets for a in ("--set", s)],
+    recipe = ["--preset", preset, "--data", args.train_data, "--seed", str(seed), *[a for s in sets for a in ("--set", s)],
               *[a for s in args.set for a in ("--set", s)]]
     scores, trained_s = [], 0.0
     for index, fraction in enumerate(FRACTIONS):
@@ -220,7 +220,33 @@ def run_recipe(args, label: str, preset: str, sets: list[str], seed: int, real: 
     return {"label": label, "preset": preset, "sets": sets, "seed": seed, "scores": scores,
             "steps": scores[-1]["step"], "train_minutes": sum(r.get("elapsed_s", 0) for r in _session_ends(rows)) / 60,
             "wall_minutes": trained_s / 60, "images_per_s": batch.get("images_per_s", 0.0),
+            "memorisation": _read_json(run / "memorisation.json"),
             "fd": statistics.median(s["fd"] for s in scores), "kid": statistics.median(s["kid"] for s in scores)}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def subset_file(images: torch.Tensor, count: int, folder: Path) -> Path:
+    """Return a prepared file of a fixed random subset of count images (seed 0): what a user with a small folder has."""
+    from purrgan.data.prepare import PreparedWriter
+
+    path = folder / f"subset-{count}.safetensors"
+    if path.is_file():
+        return path
+    if count > len(images):
+        sys.exit(f"--subset {count}: the data set has only {len(images)} images")
+    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:count].sort().values
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = PreparedWriter(path, f"subset-{count}", images.shape[-1], images.shape[1], resume=False)
+    writer.append(images[chosen].numpy(), None)
+    writer.finish({"source": f"subset {count} of {folder}", "count": count, "resolution": images.shape[-1],
+                   "channels": images.shape[1], "flippable": True, "class_names": []})
+    return path
 
 
 def _session_ends(rows: list[dict]) -> list[dict]:
@@ -265,6 +291,8 @@ def main() -> None:
                         help="epochs of the yardstick classifier (each count is cached apart; 15 take ~30 min on 2 cores)")
     parser.add_argument("--yardstick", type=Path, help="a trained yardstick file to use (e.g. carried to a GPU machine)")
     parser.add_argument("--device", default="cpu", help="where the generators draw the samples scored (cpu or cuda)")
+    parser.add_argument("--subset", type=int, help="train on a fixed random subset of this many images (seed 0), "
+                                                    "scored against the whole set, which holds images G never saw")
     args = parser.parse_args()
 
     yardstick = args.yardstick or yardstick_path(args.yardstick_epochs)
@@ -282,6 +310,7 @@ def main() -> None:
     first = load_config(recipes[0][1]).data
     resolution, channels = (first.resolution, first.channels)
     real_images = load_images(args.data, resolution, channels).images
+    args.train_data = str(subset_file(real_images, args.subset, Path(args.out))) if args.subset else args.data
     real = features(model, real_images)
     half = min(args.eval_num, len(real) // 2)
     order = np.random.default_rng(0).permutation(len(real))
@@ -303,18 +332,21 @@ def main() -> None:
     baseline = args.baseline or recipes[0][0]
     base = [r for r in results if r["label"] == baseline]
     base_fd = statistics.mean(r["fd"] for r in base) if base else float("nan")
-    print(f"\ndata: {args.data}; budget per run: {budget_text}; device: {device}; torch {torch.__version__}")
+    subset = f" (trained on a fixed random {args.subset:,} of its images; scored against all of them)" if args.subset else ""
+    print(f"\ndata: {args.data}{subset}; budget per run: {budget_text}; device: {device}; torch {torch.__version__}")
     print(f"yardstick: FD and KID in the penultimate features of a CIFAR-10 classifier (test accuracy {accuracy:.3f}), "
           f"{args.eval_num} samples, median of the scores at 80/90/100% of the budget; real-vs-real FD {floor['fd']:.2f}, "
           f"KID {floor['kid']:.4f}\n")
     extra = " Inception FID |" if args.inception_weights else ""
-    print(f"| recipe | seed | steps | images/s | FD | KID | FD ratio vs {baseline} |{extra}")
-    print("|---|---|---|---|---|---|---|" + ("---|" if extra else ""))
+    print(f"| recipe | seed | steps | images/s | FD | KID | FD ratio vs {baseline} | memorisation |{extra}")
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if extra else ""))
     for r in results:
         inception = f" {statistics.median(s['inception_fid'] for s in r['scores']):.2f} |" if extra else ""
+        memo = r.get("memorisation") or {}
+        verdict = f"{memo['verdict']} ({memo['copies']:.0%} near-copies)" if "verdict" in memo else "-"
         print(f"| {r['label']} | {r['seed']} | {r['steps']} | {r['images_per_s']:.0f} | {r['fd']:.2f} | {r['kid']:.4f} | "
-              f"{r['fd'] / base_fd:.2f}x |{inception}")
-    print(f"| real vs real | | | | {floor['fd']:.2f} | {floor['kid']:.4f} | {floor['fd'] / base_fd:.2f}x |" + (" |" if extra else ""))
+              f"{r['fd'] / base_fd:.2f}x | {verdict} |{inception}")
+    print(f"| real vs real | | | | {floor['fd']:.2f} | {floor['kid']:.4f} | {floor['fd'] / base_fd:.2f}x | |" + (" |" if extra else ""))
     print("\nper recipe, mean over seeds: " + "; ".join(
         f"{label} FD {statistics.mean(r['fd'] for r in results if r['label'] == label):.2f} "
         f"({statistics.mean(r['fd'] for r in results if r['label'] == label) / base_fd:.2f}x)"

@@ -113,3 +113,27 @@ def test_a_batch_that_does_not_split_into_micro_batches_is_refused_in_one_line(t
     with pytest.raises(PurrganError, match=says):
         train(tiny_config(**overrides), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_small_folder_gets_augmentation_and_a_batch_it_can_fill_and_says_so(tmp_path, caplog):
+    import logging
+
+    from purrgan.loop import small_data
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(100):  # a folder of 100 pictures of the user's cat
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    with caplog.at_level(logging.INFO):
+        train(tiny_config(data__source=str(folder), train__batch_size="128", train__steps="2", data__channels="3"),
+              tmp_path / "run")
+    assert "100 training images is a small set, so: DiffAugment color, translation and cutout" in caplog.text
+    assert "batch 64 (the preset's 128 is more than the set)" in caplog.text and "--preset fastgan-folder" in caplog.text
+    from purrgan.config import load_config
+
+    saved = load_config(config_file=tmp_path / "run" / "config.toml")
+    assert saved.augment.policy == ("color", "translation", "cutout") and saved.train.batch_size == 64
+    big = tiny_config()
+    assert small_data(big, 5000) == big  # nothing changes silently for a large set
+    assert small_data(tiny_config(augment__small_data="off"), 100).augment.policy == ()

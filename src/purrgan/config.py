@@ -82,6 +82,7 @@ class AugmentConfig:
     ada_target: float = 0.6  # the overfitting level r_t = E[sign(D(x))] that p steers towards
     ada_kimg: float = 100.0  # thousands of images over which p could go from 0 to 1 (StyleGAN2-ADA: 500)
     ada_interval: int = 4  # D updates between adjustments of p
+    small_data: Literal["auto", "on", "off"] = "auto"  # your own set under 2,000 images: DiffAugment on (if none), batch <= set
 
 
 @dataclass(frozen=True)

@@ -263,10 +263,43 @@ def prepare_config(config: Config, data: ImageSet) -> Config:
         config = replace(config, model=replace(config.model, num_classes=len(data.class_names)))
     if config.data.hflip == "auto":
         config = replace(config, data=replace(config.data, hflip="on" if data.flippable else "off"))
+    from .data.sources import parse_source
+
+    config = small_data(config, len(data), own=parse_source(config.data.source).path is not None)
     if not config.description:
         classes = f" ({', '.join(config.data.classes)})" if config.data.classes else ""
         config = replace(config, description=f"{config.model.arch} with the {config.loss.name} loss on "
                                              f"{config.data.source}{classes}")
+    return config
+
+
+SMALL_DATA = 2000  # fewer training images than this is a small set: D memorises it unless its inputs vary
+
+
+def small_data(config: Config, count: int, own: bool = True) -> Config:
+    """Return config fitted to a small training set, saying what it chose and why.
+
+    For the user's own pictures (own: a folder, an archive or a prepared file; with augment.small_data =
+    "auto") under SMALL_DATA images, or any set with "on": DiffAugment's colour, translation and cutout go
+    on everything D sees when no augmentation is configured (Zhao et al. 2020: with 100 to 1,000 images, D
+    otherwise memorises the set and training collapses), and a batch larger than the set shrinks to the
+    largest power of two it holds. A large set, a named set (its presets are its recipes), or "off" change nothing.
+    """
+    mode = config.augment.small_data
+    if mode == "off" or (mode == "auto" and (count >= SMALL_DATA or not own)):
+        return config
+    chosen = []
+    if not config.augment.policy and not config.augment.adaptive:
+        config = replace(config, augment=replace(config.augment, policy=("color", "translation", "cutout")))
+        chosen.append("DiffAugment color, translation and cutout on everything D sees (else D memorises a small set)")
+    if config.train.batch_size > count:
+        batch = 2 ** int(math.log2(count))
+        chosen.append(f"batch {batch} (the preset's {config.train.batch_size} is more than the set)")
+        config = replace(config, train=replace(config.train, batch_size=batch))
+    if chosen:
+        suits = "" if config.model.arch == "fastgan" else "; FastGAN is built for small sets: --preset fastgan-folder"
+        log.info("%d training images is a small set, so: %s%s (augment.small_data = \"off\" to keep the preset as it "
+                 "is)", count, "; ".join(chosen), suits)
     return config
 
 
