@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -72,8 +72,7 @@ def train_step(state: TrainState, log_now: bool = False, histograms: bool = Fals
             seen, d_out = _split_d_updates(state, real, labels, progress, stats, log_now, histograms)
         else:
             z = state.noise(real.shape[0])
-            seen = []  # per micro-batch, what G's update pairs with: the reals D saw, the fakes (with their graph
-            # when reused), labels, latents and how many images
+            seen: list[Pairing] = []  # per micro-batch, what G's update pairs with
 
             def d_loss(real: torch.Tensor, labels: torch.Tensor | None, z: torch.Tensor) -> dict[str, torch.Tensor]:
                 with state.autocast():
@@ -81,7 +80,7 @@ def train_step(state: TrainState, log_now: bool = False, histograms: bool = Fals
                         fake = state.G(z, labels)
                     batch = Batch(state.augment(real, state.rng, progress), state.augment(fake.detach(), state.rng, progress),
                                   labels, z)
-                    seen.append((batch.real, fake, labels, z, len(z)))
+                    seen.append(Pairing(batch.real, fake, labels, z, len(z)))
                     return d_objective(state.loss, config.loss, state.D, batch, state.step, state.rng)  # float32 losses
 
             d_out = _update(state, "D", [partial(d_loss, *part) for part in _micro(state, real, labels, z)],
@@ -99,9 +98,9 @@ def train_step(state: TrainState, log_now: bool = False, histograms: bool = Fals
     state.discriminator.requires_grad_(False)  # G's update needs no gradients for D's weights
     for _ in range(config.optim.g_steps):
         # Fresh latents for the whole batch at once (the same draws however it is cut into micro-batches).
-        latents = [part[3] for part in seen] if reuse else state.noise(sum(p[4] for p in seen)).split([p[4] for p in seen])
-        g_out = _update(state, "G", [partial(g_loss, real, fake, labels, z) for (real, fake, labels, _, _), z
-                                     in zip(seen, latents)], stats, log_now, histograms)
+        latents = [p.z for p in seen] if reuse else state.noise(sum(p.count for p in seen)).split([p.count for p in seen])
+        g_out = _update(state, "G", [partial(g_loss, p.real, p.fake, p.labels, z) for p, z in zip(seen, latents)],
+                        stats, log_now, histograms)
     state.discriminator.requires_grad_(True)
 
     state.dist.broadcast_buffers(state.generator, state.discriminator)  # BatchNorm statistics follow rank 0, as DDP
@@ -112,6 +111,15 @@ def train_step(state: TrainState, log_now: bool = False, histograms: bool = Fals
     stats.update({"d_loss": d_out["loss"], "g_loss": g_out["loss"], **state.augment.stats()})
     stats.update({k: v for k, v in {**g_out, **d_out}.items() if k != "loss" and v.ndim == 0})
     return {k: v.detach() for k, v in stats.items()}
+
+
+class Pairing(NamedTuple):
+    """What G's update pairs with, per micro-batch of D's: the reals D saw, its fakes (with G's graph when reused)."""
+    real: torch.Tensor
+    fake: torch.Tensor | None
+    labels: torch.Tensor | None
+    z: torch.Tensor | None
+    count: int  # images in G's part of the update
 
 
 def _micro(state: TrainState, *tensors: torch.Tensor | None) -> list[tuple]:
@@ -143,7 +151,7 @@ def warm_up_compiled(state: TrainState) -> None:
 
 
 def _split_d_updates(state: TrainState, real: torch.Tensor, labels: torch.Tensor | None, progress: float,
-                     stats: dict[str, torch.Tensor], record: bool, histograms: bool) -> tuple[list[tuple], dict[str, torch.Tensor]]:
+                     stats: dict[str, torch.Tensor], record: bool, histograms: bool) -> tuple[list[Pairing], dict[str, torch.Tensor]]:
     """The Keras tutorial's D training: one update on half the batch of reals, then one on as many fresh fakes.
 
     Each half is its own optimiser step, so the fakes are scored by the D the reals have already moved.
@@ -164,7 +172,7 @@ def _split_d_updates(state: TrainState, real: torch.Tensor, labels: torch.Tensor
                                         None if labels is None else labels[:half], is_real)
         d_out.update(_update(state, "D", [side], stats, record, histograms))
     d_out["loss"] = d_out["d_loss_real"] + d_out["d_loss_fake"]
-    return [(images[True], None, labels, None, real.shape[0])], d_out
+    return [Pairing(images[True], None, labels, None, real.shape[0])], d_out
 
 
 def _update(state: TrainState, side: str, parts: list, stats: dict[str, torch.Tensor], record: bool,
