@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -184,8 +185,17 @@ def run_recipe(args, label: str, preset: str, sets: list[str], seed: int, real: 
     from purrgan.monitor import read_metrics
 
     run = Path(args.out) / f"{label}-seed{seed}"
+    finished = run / "quality.json"  # written last, so a run killed while training or scoring has none
     if run.exists() and not args.reuse:
-        sys.exit(f"{run} exists; remove it or pass --reuse to score it again")
+        sys.exit(f"{run} exists; remove it or pass --reuse to keep the finished runs in --out")
+    if finished.exists():
+        result = json.loads(finished.read_text())
+        if (result["preset"], result["sets"]) == (preset, sets):
+            print(f"  {label} seed {seed}: finished before, read from {finished}", flush=True)
+            return result
+        sys.exit(f"{run} holds another recipe ({result['preset']} {result['sets']}); give this one another label")
+    if run.exists():  # unfinished: its segments no longer match the budget, so it starts again
+        shutil.rmtree(run)
     base = [sys.executable, "-m", "purrgan", "train", "--out", str(run), "--quiet", "--logger", "none"]
     recipe = ["--preset", preset, "--data", args.train_data, "--seed", str(seed), *[a for s in sets for a in ("--set", s)],
               *[a for s in args.set for a in ("--set", s)]]
@@ -201,8 +211,7 @@ def run_recipe(args, label: str, preset: str, sets: list[str], seed: int, real: 
         else:
             command += ["--steps", "100000000"]
             budget = (fraction - previous) * args.cpu_seconds
-        if not (args.reuse and (run / "checkpoints" / "last.safetensors").exists() and index == 0):
-            trained_s += train_segment(command, budget)
+        trained_s += train_segment(command, budget)
         generator = load_generator(run, device=args.device)
         fake = features(model, to_uint8(generator.sample(args.eval_num, seed=1234)))
         scores.append({"fraction": fraction, "step": generator.step, "fd": frechet(real, fake), "kid": kid(real, fake),
@@ -217,11 +226,13 @@ def run_recipe(args, label: str, preset: str, sets: list[str], seed: int, real: 
         from purrgan.config import load_config
 
         batch["images_per_s"] = scores[-1]["step"] * load_config(config_file=run / "config.toml").train.batch_size / trained_s
-    return {"label": label, "preset": preset, "sets": sets, "seed": seed, "scores": scores,
-            "steps": scores[-1]["step"], "train_minutes": sum(r.get("elapsed_s", 0) for r in _session_ends(rows)) / 60,
-            "wall_minutes": trained_s / 60, "images_per_s": batch.get("images_per_s", 0.0),
-            "memorisation": _read_json(run / "memorisation.json"),
-            "fd": statistics.median(s["fd"] for s in scores), "kid": statistics.median(s["kid"] for s in scores)}
+    result = {"label": label, "preset": preset, "sets": sets, "seed": seed, "scores": scores,
+              "steps": scores[-1]["step"], "train_minutes": sum(r.get("elapsed_s", 0) for r in _session_ends(rows)) / 60,
+              "wall_minutes": trained_s / 60, "images_per_s": batch.get("images_per_s", 0.0),
+              "memorisation": _read_json(run / "memorisation.json"),
+              "fd": statistics.median(s["fd"] for s in scores), "kid": statistics.median(s["kid"] for s in scores)}
+    finished.write_text(json.dumps(result, indent=1))
+    return result
 
 
 def _read_json(path: Path) -> dict:
@@ -285,7 +296,7 @@ def main() -> None:
     parser.add_argument("--eval-num", type=int, default=5000, help="generated images per evaluation")
     parser.add_argument("--inception-weights", help="also standard FID/KID with these FID Inception weights")
     parser.add_argument("--out", default=str(ROOT / "runs" / "quality"))
-    parser.add_argument("--reuse", action="store_true", help="score existing runs in --out instead of refusing")
+    parser.add_argument("--reuse", action="store_true", help="keep the runs in --out that finished (a long table survives a restart); unfinished ones start again")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--yardstick-epochs", type=int, default=15,
                         help="epochs of the yardstick classifier (each count is cached apart; 15 take ~30 min on 2 cores)")
