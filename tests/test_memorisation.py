@@ -55,3 +55,11 @@ def test_copies_of_an_image_with_a_near_twin_in_the_set_are_still_copies():
     assert memorisation(training[:128], training)["copies"] == 1.0
     fresh = torch.randint(0, 255, (128, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     assert memorisation(fresh, training)["copies"] == 0
+
+
+def test_the_words_count_a_single_near_copy_instead_of_rounding_it_to_zero():
+    from purrgan.memorisation import _verdict
+
+    verdict, why = _verdict(1 / 256, 0.0, 0.92, 256, 100)
+    assert verdict == "not copying" and why.startswith("1 of 256 samples (0.4%) are near-copies")
+    assert "0 of 100 real images (0%)" in why

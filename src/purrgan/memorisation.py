@@ -68,7 +68,7 @@ def memorisation(generated: torch.Tensor, training: torch.Tensor | None = None, 
     copied, twins = near_copies(fake_distances, threshold), near_copies(real_distances, threshold)
     copies, data_copies = float(copied.float().mean()), float(twins.float().mean())
     median_ratio = float(fake_distances[:, 0].median() / real_distances[:, 0].median().clamp(min=1e-12))
-    verdict, why = _verdict(copies, data_copies, median_ratio, len(generated))
+    verdict, why = _verdict(copies, data_copies, median_ratio, len(generated), len(order))
     closeness = fake_distances[:, 0] / fake_distances[:, 1:].mean(dim=1).clamp(min=1e-12)  # small: near ONE image
     return {"verdict": verdict, "why": why, "copies": copies, "data_copies": data_copies, "median_ratio": median_ratio,
             "threshold": float(threshold), "samples": len(generated), "training_images": len(support),
@@ -82,19 +82,29 @@ def near_copies(distances: torch.Tensor, threshold: torch.Tensor) -> torch.Tenso
     return (first < threshold) & (first < COPY_RATIO * rest)
 
 
-def _verdict(copies: float, data_copies: float, median_ratio: float, samples: int) -> tuple[str, str]:
+def _verdict(copies: float, data_copies: float, median_ratio: float, samples: int, reals: int) -> tuple[str, str]:
     """Return the verdict ("copying", "some near-copies", "not copying", "too early to judge") and why, in words."""
-    share = f"{copies:.0%} of {samples} samples are near-copies of one training image ({data_copies:.0%} of real " \
-            f"images have such a near-twin in the set itself)"
+    # Counts, not only rounded percentages: "0% of 256" for one near-copy out of 256 would be false.
+    share = f"{_of(copies, samples, 'samples')} are near-copies of one training image ({_of(data_copies, reals, 'real images')} " \
+            f"have such a near-twin in the set itself)"
     if copies >= max(0.10, 3 * data_copies):
         return "copying", share
     if copies >= max(0.03, 2 * data_copies):
         return "some near-copies", share
-    if not 0.75 <= median_ratio <= 2.0:
+    if median_ratio > 2.0:
         return "too early to judge", (f"the samples do not look like the training images yet: their nearest training "
                                       f"image is {median_ratio:.2f}x as far as a real image's, so near-copies cannot be "
                                       f"told from chance; {share}")
+    if median_ratio < 0.75:  # blurred, grey or average-looking samples sit close to many images at once
+        return "too early to judge", (f"the samples are nearer the training images than real images are to each other "
+                                      f"({median_ratio:.2f}x), as blurred or average-looking samples are, so near-copies "
+                                      f"cannot be told from chance; {share}")
     return "not copying", share
+
+
+def _of(share: float, total: int, what: str) -> str:
+    count = round(share * total)
+    return f"{count} of {total} {what} ({share:.0%})" if count == 0 or share >= 0.01 else f"{count} of {total} {what} ({share:.1%})"
 
 
 def _nearest_others(support: torch.Tensor, chosen: torch.Tensor, k: int, chunk: int = 256) -> torch.Tensor:
