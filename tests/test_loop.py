@@ -129,7 +129,7 @@ def test_a_small_folder_gets_augmentation_and_a_batch_it_can_fill_and_says_so(tm
         train(tiny_config(data__source=str(folder), train__batch_size="128", train__steps="2", data__channels="3"),
               tmp_path / "run")
     assert "100 training images is a small set, so: DiffAugment color, translation and cutout" in caplog.text
-    assert "batch 64 (the preset's 128 is more than the set)" in caplog.text and "--preset fastgan-folder" in caplog.text
+    assert "batch 64 (the preset's 128 is more than the set)" in caplog.text and "--preset best-cats64 with this augmentation did best" in caplog.text
     from purrgan.config import load_config
 
     saved = load_config(config_file=tmp_path / "run" / "config.toml")
@@ -137,3 +137,8 @@ def test_a_small_folder_gets_augmentation_and_a_batch_it_can_fill_and_says_so(tm
     big = tiny_config()
     assert small_data(big, 5000) == big  # nothing changes silently for a large set
     assert small_data(tiny_config(augment__small_data="off"), 100).augment.policy == ()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):  # a preset that already augments changes nothing, and still says why
+        fitted = tiny_config(augment__policy="translation")
+        assert small_data(fitted, 100) == fitted
+    assert "100 training images is a small set; the preset's augmentation (translation) already" in caplog.text

@@ -145,6 +145,24 @@ def test_blank_and_collapse_warnings_from_the_samples(kind, make, tmp_path, monk
     assert [w["kind"] for w in _warnings(run)] == [kind]
 
 
+def test_on_a_small_set_the_advice_for_a_winning_d_or_a_collapse_starts_with_what_works_there():
+    row = {"d_loss": 0.01, "g_loss": 7.0, "d_real": 0.99, "d_fake": 0.01}
+
+    def d_wins(**kwargs):
+        monitor = HealthMonitor("bce", total_steps=100, real_spread=0.5, window=3, **kwargs)
+        return sum((monitor.check_losses(s, row) for s in (20, 30, 40)), [])[0].message
+
+    bare = d_wins(training_images=100)
+    assert "What helps: with 100 training images D can memorise them: augment what D sees first (--set " \
+           "augment.policy=color,translation,cutout;" in bare and "); else a lower D learning rate" in bare
+    assert "even through the augmentation: all three DiffAugment" in d_wins(training_images=100, augmented=True)
+    assert "What helps: a lower D learning rate" in d_wins(training_images=9303)  # a large set: as before
+    assert "What helps: a lower D learning rate" in d_wins()
+    collapse = HealthMonitor("bce", 100, 0.5, training_images=300)
+    collapse.check_samples(50, _varied(16))
+    assert "What helps: with 300 training images" in collapse.check_samples(60, _collapsed(16))[0].message
+
+
 def test_health_monitor_units():
     monitor = HealthMonitor("bce", total_steps=100, real_spread=0.5, window=3)
     row = {"d_loss": 0.01, "g_loss": 7.0, "d_real": 0.99, "d_fake": 0.01}
