@@ -5,7 +5,9 @@
 
 Each grid is `purrgan sample RUN --num 64 --seed 0` (EMA weights where the run keeps them), so a
 picture in the README is the one a user gets from the same run. The JPEG quality is lowered until the
-file is under --max-kb (the README keeps each picture under about 300 KB). Not part of the package.
+file is under --max-kb (the README keeps each picture under about 300 KB). With --nearest, each grid is
+followed by the run's samples/nearest.png (the 8 samples most like one training image, each beside its three
+nearest training images), the picture a reader needs to judge copying. Not part of the package.
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ def side_by_side(images: list, gap: int = 6) -> "Image.Image":
     return canvas
 
 
+def nearest(run: Path, height: int) -> "Image.Image":
+    from PIL import Image
+
+    path = run / "samples" / "nearest.png"
+    if not path.is_file():
+        sys.exit(f"gallery: {run} has no samples/nearest.png (the memorisation check writes it at the end of a run)")
+    image = Image.open(path).convert("RGB")
+    return image.resize((round(image.width * height / image.height), height), Image.LANCZOS)
+
+
 def save_small(image, path: Path, max_kb: int) -> int:
     for quality in range(90, 30, -5):
         buffer = io.BytesIO()
@@ -58,9 +70,15 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-kb", type=int, default=280)
+    parser.add_argument("--nearest", action="store_true", help="follow each grid with the run's samples/nearest.png")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        picture = side_by_side([grid(run, args.num, args.seed, Path(tmp)) for run in args.runs])
+        pictures = []
+        for run in args.runs:
+            pictures.append(grid(run, args.num, args.seed, Path(tmp)))
+            if args.nearest:
+                pictures.append(nearest(run, pictures[-1].height))
+        picture = side_by_side(pictures)
     quality = save_small(picture, args.out, args.max_kb)
     print(f"{args.out}: {picture.width}x{picture.height}, JPEG quality {quality}, {args.out.stat().st_size // 1024} KB")
 

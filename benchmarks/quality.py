@@ -190,10 +190,12 @@ def run_recipe(args, label: str, preset: str, sets: list[str], seed: int, real: 
         sys.exit(f"{run} exists; remove it or pass --reuse to keep the finished runs in --out")
     if finished.exists():
         result = json.loads(finished.read_text())
-        if (result["preset"], result["sets"]) == (preset, sets):
+        if ((result["preset"], result["sets"], result.get("data", args.data), result.get("subset", args.subset))
+                == (preset, sets, args.data, args.subset)):
             print(f"  {label} seed {seed}: finished before, read from {finished}", flush=True)
             return result
-        sys.exit(f"{run} holds another recipe ({result['preset']} {result['sets']}); give this one another label")
+        sys.exit(f"{run} holds another recipe or data ({result['preset']} {result['sets']} on {result.get('data')}, "
+                 f"subset {result.get('subset')}); give this one another label or --out")
     if run.exists():  # unfinished: its segments no longer match the budget, so it starts again
         shutil.rmtree(run)
     base = [sys.executable, "-m", "purrgan", "train", "--out", str(run), "--quiet", "--logger", "none"]
@@ -226,7 +228,8 @@ def run_recipe(args, label: str, preset: str, sets: list[str], seed: int, real: 
         from purrgan.config import load_config
 
         batch["images_per_s"] = scores[-1]["step"] * load_config(config_file=run / "config.toml").train.batch_size / trained_s
-    result = {"label": label, "preset": preset, "sets": sets, "seed": seed, "scores": scores,
+    result = {"label": label, "preset": preset, "sets": sets, "seed": seed, "data": args.data, "subset": args.subset,
+              "scores": scores,
               "steps": scores[-1]["step"], "train_minutes": sum(r.get("elapsed_s", 0) for r in _session_ends(rows)) / 60,
               "wall_minutes": trained_s / 60, "images_per_s": batch.get("images_per_s", 0.0),
               "memorisation": _read_json(run / "memorisation.json"),
@@ -354,7 +357,8 @@ def main() -> None:
     for r in results:
         inception = f" {statistics.median(s['inception_fid'] for s in r['scores']):.2f} |" if extra else ""
         memo = r.get("memorisation") or {}
-        verdict = f"{memo['verdict']} ({memo['copies']:.0%} near-copies)" if "verdict" in memo else "-"
+        verdict = (f"{memo['verdict']} ({round(memo['copies'] * memo['samples'])} of {memo['samples']} near-copies)"
+                   if "verdict" in memo else "-")
         print(f"| {r['label']} | {r['seed']} | {r['steps']} | {r['images_per_s']:.0f} | {r['fd']:.2f} | {r['kid']:.4f} | "
               f"{r['fd'] / base_fd:.2f}x | {verdict} |{inception}")
     print(f"| real vs real | | | | {floor['fd']:.2f} | {floor['kid']:.4f} | {floor['fd'] / base_fd:.2f}x | |" + (" |" if extra else ""))

@@ -67,3 +67,20 @@ def test_the_gpu_script_names_every_missing_piece_in_one_line_each_within_second
         assert sum(piece in line for line in lines) == 1, piece
     if not torch.cuda.is_available():
         assert any("CUDA: torch sees no GPU" in line for line in lines)
+
+
+def test_the_gallery_puts_each_runs_grid_beside_its_nearest_training_images(trained_run, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "gallery.jpg"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gallery.py"), str(trained_run), "--nearest",
+                           "--num", "16", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    nearest = Image.open(trained_run / "samples" / "nearest.png")
+    with Image.open(out) as picture:
+        grid_height = picture.height
+        # the 4x4 grid, a gap, then nearest.png scaled to the grid's height (its 4 columns: a sample, 3 neighbours)
+        assert picture.width > grid_height + 6 + nearest.width * grid_height / nearest.height - 2
+    bare = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gallery.py"), str(tmp_path), "--nearest",
+                           "--out", str(tmp_path / "x.jpg")], capture_output=True, text=True, timeout=300)
+    assert bare.returncode != 0 and len(bare.stderr.strip().splitlines()) == 1  # no run: one line
