@@ -306,8 +306,8 @@ def small_data(config: Config, count: int, own: bool = True) -> Config:
     suits = ("; on a CPU, --preset best-cats64 with this augmentation did best on 100 and 1,000 cat faces "
              "(README: \"Your own small folder\")")
     if chosen:
-        log.info("%d training images is a small set, so: %s%s (augment.small_data = \"off\" to keep the preset as it "
-                 "is)", count, "; ".join(chosen), suits)
+        log.info("%d training images is a small set, so: %s (augment.small_data = \"off\" keeps the preset as it "
+                 "is)%s", count, "; ".join(chosen), suits)
     else:  # the preset already fits a small set; the user still learns that the set is one
         varied = ", ".join(config.augment.policy) or "adaptive"
         log.info("%d training images is a small set; the preset's augmentation (%s) already varies what D sees%s",
