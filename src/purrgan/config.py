@@ -84,6 +84,11 @@ class AugmentConfig:
     ada_interval: int = 4  # D updates between adjustments of p
     small_data: Literal["auto", "on", "off"] = "auto"  # your own set under 2,000 images: DiffAugment on (if none), batch <= set
 
+    @property
+    def varies_inputs(self) -> bool:
+        """Whether anything augments what D sees (a DiffAugment policy, or ADA, which uses every operation by default)."""
+        return bool(self.policy or self.adaptive)
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -294,7 +294,7 @@ def small_data(config: Config, count: int, own: bool = True) -> Config:
     if mode == "off" or (mode == "auto" and (count >= SMALL_DATA or not own)):
         return config
     chosen = []
-    if not config.augment.policy and not config.augment.adaptive:
+    if not config.augment.varies_inputs:
         config = replace(config, augment=replace(config.augment, policy=("color", "translation", "cutout")))
         chosen.append("DiffAugment color, translation and cutout on everything D sees (else D memorises a small set)")
     if config.train.batch_size > count:

@@ -208,7 +208,7 @@ class RunMonitor:
         self.loggers = make_loggers(active_loggers(config), run_dir, to_dict(config), resume_step)
         self.health = HealthMonitor(config.loss.name, total_steps, mean_pairwise_distance(real_images),
                                     training_images=(summary or {}).get("data", {}).get("images"),
-                                    augmented=bool(config.augment.policy or config.augment.adaptive))
+                                    augmented=config.augment.varies_inputs)
         self.warnings_path = run_dir / "warnings.jsonl"
         self.metrics: MetricsWriter | None = None
         self.resume_step, self.summary = resume_step, summary or {}

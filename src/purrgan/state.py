@@ -41,9 +41,10 @@ def check_config(config: Config) -> None:
     if config.loss.name not in LOSSES:
         raise PurrganError(f"unknown loss.name '{config.loss.name}'; choose one of: {', '.join(LOSSES)}")
     probe = replace(config, model=replace(config.model, num_classes=max(config.model.num_classes, 2)))
-    LOSSES[config.loss.name].check(config, build_discriminator(probe))
+    discriminator = build_discriminator(probe)
+    LOSSES[config.loss.name].check(config, discriminator)
     if config.optim.d_update == "split":
-        check_split_updates(config, LOSSES[config.loss.name])
+        check_split_updates(config, LOSSES[config.loss.name], discriminator)
     if config.optim.name == "rmsprop" and config.optim.implementation == "fused":
         raise PurrganError("PyTorch has no fused RMSprop; use optim.implementation = \"foreach\" or \"auto\" with rmsprop")
     check_policy(config.augment.policy)
@@ -70,14 +71,15 @@ def micro_batches(config: Config, world_size: int) -> int:
     return share // per_device
 
 
-def check_split_updates(config: Config, loss: Loss) -> None:
-    """Raise PurrganError unless D's loss can be taken on reals and fakes apart, as optim.d_update = "split" does."""
+def check_split_updates(config: Config, loss: Loss, discriminator: nn.Module) -> None:
+    """Raise PurrganError unless D's loss (and every penalty discriminator declares) can be taken on reals and fakes
+    apart, as optim.d_update = "split" does."""
     what = "optim.d_update = \"split\" (separate D updates on reals and on fakes)"
     if loss.half is None:
         separable = ", ".join(name for name, candidate in LOSSES.items() if candidate.half is not None)
         raise PurrganError(f"{what} needs a loss with separate real and fake terms; loss.name '{config.loss.name}' "
                            f"has none: use one of {separable}, or optim.d_update = \"joint\"")
-    if penalties := loss.d_penalties(config.loss) + [r for r in declared_by(build_discriminator(config)) if r.active]:
+    if penalties := loss.d_penalties(config.loss) + [r for r in declared_by(discriminator) if r.active]:
         raise PurrganError(f"{what} cannot carry D's {', '.join(r.name for r in penalties)}, which needs the joint "
                            f"update: set optim.d_update = \"joint\" or switch the penalty off")
     if config.train.batch_size < 2:
