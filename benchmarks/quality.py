@@ -308,6 +308,8 @@ def main() -> None:
     parser.add_argument("--subset", type=int, help="train on a fixed random subset of this many images (seed 0), "
                                                     "scored against the whole set, which holds images G never saw")
     args = parser.parse_args()
+    if args.subset is not None and args.subset < 1:
+        sys.exit(f"--subset must be at least 1 (images to train on), got {args.subset}")
 
     yardstick = args.yardstick or yardstick_path(args.yardstick_epochs)
     needed = ([yardstick] if args.yardstick else [] if yardstick.is_file() else [CIFAR]) + \

@@ -141,4 +141,4 @@ def test_a_small_folder_gets_augmentation_and_a_batch_it_can_fill_and_says_so(tm
     with caplog.at_level(logging.INFO):  # a preset that already augments changes nothing, and still says why
         fitted = tiny_config(augment__policy="translation")
         assert small_data(fitted, 100) == fitted
-    assert "100 training images is a small set; the preset's augmentation (translation) already" in caplog.text
+    assert "100 training images is a small set; the run's augmentation (translation) already" in caplog.text

@@ -308,9 +308,9 @@ def small_data(config: Config, count: int, own: bool = True) -> Config:
     if chosen:
         log.info("%d training images is a small set, so: %s (augment.small_data = \"off\" keeps the preset as it "
                  "is)%s", count, "; ".join(chosen), suits)
-    else:  # the preset already fits a small set; the user still learns that the set is one
+    else:  # augmented already (by the preset, or by an earlier session of a resumed run); still say the set is small
         varied = ", ".join(config.augment.policy) or "adaptive"
-        log.info("%d training images is a small set; the preset's augmentation (%s) already varies what D sees%s",
+        log.info("%d training images is a small set; the run's augmentation (%s) already varies what D sees%s",
                  count, varied, suits)
     return config
 
